@@ -1,0 +1,404 @@
+"""CodeFormer (Zhou et al., NeurIPS 2022): VQGAN encoder/decoder, code-prediction Transformer
+and controllable feature transformation, written from the published architecture.
+
+State-dict names and shapes match the official checkpoints exactly, so ``load_state_dict``
+is strict. The three published variants differ only in data (``VARIANTS``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Dict, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+Tensor = torch.Tensor
+
+GROUPNORM_EPS = 1e-6
+LAYERNORM_EPS = 1e-5
+ADAIN_EPS = 1e-5
+
+
+@dataclass(frozen=True)
+class VariantConfig:
+    """What distinguishes the published checkpoints, and how their entry points call them."""
+    name: str
+    codebook_size: int
+    fusion_resolutions: Tuple[int, ...]
+    default_w: float
+    default_adain: bool
+    description: str
+
+
+VARIANTS: Dict[str, VariantConfig] = {
+    "restoration": VariantConfig("restoration", 1024, (32, 64, 128, 256), 0.5, True,
+                                 "face restoration (codeformer.pth)"),
+    "colorization": VariantConfig("colorization", 1024, (32, 64, 128), 0.0, True,
+                                  "colorization of gray faces (codeformer_colorization.pth)"),
+    "inpainting": VariantConfig("inpainting", 512, (32, 64, 128), 1.0, False,
+                                "inpainting of white-masked faces (codeformer_inpainting.pth)"),
+}
+
+# VQGAN layout shared by all variants.
+BASE_CHANNELS = 64
+CHANNEL_MULT = (1, 2, 2, 4, 4, 8)
+RES_BLOCKS_PER_LEVEL = 2
+IMAGE_SIZE = 512
+LATENT_SIZE = 16
+EMBED_DIM = 256
+TRANSFORMER_DIM = 512
+TRANSFORMER_HEADS = 8
+TRANSFORMER_LAYERS = 9
+# resolution -> index of the encoder block whose output feeds that fusion,
+# and index of the generator block after which the fusion is applied.
+ENCODER_TAPS = {256: 5, 128: 8, 64: 11, 32: 14}
+GENERATOR_FUSION_AFTER = {32: 9, 64: 12, 128: 15, 256: 18}
+
+
+def _group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(32, channels, eps=GROUPNORM_EPS, affine=True)
+
+
+def _norm_float32(norm: nn.Module, x: Tensor) -> Tensor:
+    """Normalise with float32 statistics over a contiguous tensor.
+
+    Half-precision statistics drift, and PyTorch's channels-last GroupNorm kernel on CPU is
+    ~30x less accurate than the contiguous one (outside the golden tolerance), so the norm
+    runs on a contiguous float32 copy and the result goes back to the caller's layout/dtype.
+    """
+    channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
+    if x.dtype == torch.float32 and not channels_last:
+        return norm(x)
+    xf = x.float().contiguous()
+    if isinstance(norm, nn.GroupNorm):
+        y = F.group_norm(xf, norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps)
+    else:
+        y = F.layer_norm(xf, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+    y = y.to(x.dtype)
+    return y.to(memory_format=torch.channels_last) if channels_last else y
+
+
+class ResBlock(nn.Module):
+    def __init__(self, in_channels: int, out_channels: Optional[int] = None):
+        super().__init__()
+        out_channels = out_channels or in_channels
+        self.norm1 = _group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        if in_channels != out_channels:
+            self.conv_out = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.conv1(F.silu(_norm_float32(self.norm1, x)))
+        h = self.conv2(F.silu(_norm_float32(self.norm2, h)))
+        skip = self.conv_out(x) if hasattr(self, "conv_out") else x
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head spatial self-attention over all positions (scale 1/sqrt(C))."""
+
+    use_sdpa = True  # class-level switch; the naive path exists for the benchmark baseline
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = _group_norm(channels)
+        self.q = nn.Conv2d(channels, channels, 1)
+        self.k = nn.Conv2d(channels, channels, 1)
+        self.v = nn.Conv2d(channels, channels, 1)
+        self.proj_out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c, h, w = x.shape
+        hn = _norm_float32(self.norm, x)
+        q, k, v = (conv(hn).reshape(b, c, h * w).transpose(1, 2) for conv in (self.q, self.k, self.v))
+        if self.use_sdpa:
+            o = F.scaled_dot_product_attention(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1)).squeeze(1)
+        else:
+            attn = torch.softmax(q @ k.transpose(1, 2) / math.sqrt(c), dim=-1)
+            o = attn @ v
+        o = o.transpose(1, 2).reshape(b, c, h, w)
+        return x + self.proj_out(o)
+
+
+class Downsample(nn.Module):
+    """Zero pad right/bottom only, then a stride-2 3x3 conv (asymmetric, as in VQGAN)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=0)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+def _encoder_blocks() -> nn.ModuleList:
+    blocks = [nn.Conv2d(3, BASE_CHANNELS, 3, padding=1)]
+    channels = [BASE_CHANNELS * m for m in (1,) + CHANNEL_MULT]
+    res = IMAGE_SIZE
+    for level in range(len(CHANNEL_MULT)):
+        cin, cout = channels[level], channels[level + 1]
+        for _ in range(RES_BLOCKS_PER_LEVEL):
+            blocks.append(ResBlock(cin, cout))
+            cin = cout
+            if res == LATENT_SIZE:
+                blocks.append(AttnBlock(cin))
+        if level != len(CHANNEL_MULT) - 1:
+            blocks.append(Downsample(cin))
+            res //= 2
+    top = channels[-1]
+    blocks += [ResBlock(top), AttnBlock(top), ResBlock(top), nn.GroupNorm(32, top, eps=GROUPNORM_EPS),
+               nn.Conv2d(top, EMBED_DIM, 3, padding=1)]
+    return nn.ModuleList(blocks)
+
+
+def _generator_blocks() -> nn.ModuleList:
+    channels = [BASE_CHANNELS * m for m in CHANNEL_MULT]
+    top = channels[-1]
+    blocks = [nn.Conv2d(EMBED_DIM, top, 3, padding=1), ResBlock(top), AttnBlock(top), ResBlock(top)]
+    cin, res = top, LATENT_SIZE
+    for level in reversed(range(len(CHANNEL_MULT))):
+        cout = channels[level]
+        for _ in range(RES_BLOCKS_PER_LEVEL):
+            blocks.append(ResBlock(cin, cout))
+            cin = cout
+            if res == LATENT_SIZE:
+                blocks.append(AttnBlock(cin))
+        if level != 0:
+            blocks.append(Upsample(cin))
+            res *= 2
+    blocks += [nn.GroupNorm(32, cin, eps=GROUPNORM_EPS), nn.Conv2d(cin, 3, 3, padding=1)]
+    return nn.ModuleList(blocks)
+
+
+class _Stack(nn.Module):
+    """``blocks.i`` container; GroupNorm blocks are normalised in float32."""
+
+    def __init__(self, blocks: nn.ModuleList):
+        super().__init__()
+        self.blocks = blocks
+
+    def run(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        for block in self.blocks[start:stop]:
+            x = _norm_float32(block, x) if isinstance(block, nn.GroupNorm) else block(x)
+        return x
+
+
+class FuseBlock(nn.Module):
+    """Controllable feature transformation: dec + w * (dec * scale + shift)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.encode_enc = ResBlock(2 * channels, channels)
+        self.scale = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.2, True),
+                                   nn.Conv2d(channels, channels, 3, padding=1))
+        self.shift = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.LeakyReLU(0.2, True),
+                                   nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, enc: Tensor, dec: Tensor, w: Tensor) -> Tensor:
+        h = self.encode_enc(torch.cat([enc, dec], dim=1))
+        return dec + w * (dec * self.scale(h) + self.shift(h))
+
+
+class PackedSelfAttention(nn.Module):
+    """Multi-head attention with ``nn.MultiheadAttention``'s packed parameter names."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
+        self.out_proj = nn.Linear(dim, dim)
+
+    def forward(self, qk_in: Tensor, v_in: Tensor) -> Tensor:
+        b, n, d = v_in.shape
+        qk = F.linear(qk_in, self.in_proj_weight[: 2 * d], self.in_proj_bias[: 2 * d])
+        v = F.linear(v_in, self.in_proj_weight[2 * d:], self.in_proj_bias[2 * d:])
+        split = lambda t: t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        q, k = qk.chunk(2, dim=-1)
+        if AttnBlock.use_sdpa:
+            o = F.scaled_dot_product_attention(split(q), split(k), split(v))
+        else:
+            q, k, v = split(q), split(k), split(v)
+            o = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1) @ v
+        return self.out_proj(o.transpose(1, 2).reshape(b, n, d))
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm layer; the position table is added to queries and keys only."""
+
+    def __init__(self, dim: int, heads: int, mlp_dim: int):
+        super().__init__()
+        self.self_attn = PackedSelfAttention(dim, heads)
+        self.linear1 = nn.Linear(dim, mlp_dim)
+        self.linear2 = nn.Linear(mlp_dim, dim)
+        self.norm1 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
+        self.norm2 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
+
+    def forward(self, t: Tensor, pos: Tensor) -> Tensor:
+        h = self.norm1(t)
+        t = t + self.self_attn(h + pos, h)
+        return t + self.linear2(F.gelu(self.linear1(self.norm2(t))))
+
+
+class _Codebook(nn.Module):
+    """Only the code table of the VQ quantizer; nearest-neighbour search is never used."""
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.embedding = nn.Embedding(size, dim)
+
+
+WeightArg = Union[float, Sequence[float], Tensor, None]
+
+
+class CodeFormer(nn.Module):
+    """CodeFormer for one published variant.
+
+    Call ``model(x, w=None, adain=None, return_codes=False)`` with ``x`` [B,3,512,512] in
+    [-1, 1]. ``w`` is the fidelity weight (0 = strongest restoration, 1 = closest to the
+    input), a float or a per-sample [B] tensor; ``None`` and ``adain=None`` mean the
+    variant's defaults. Returns the raw (unclamped) output, or ``(out, logits, idx)``.
+    """
+
+    def __init__(self, variant: Union[str, VariantConfig] = "restoration"):
+        super().__init__()
+        self.config = VARIANTS[variant] if isinstance(variant, str) else variant
+        self.variant = self.config.name
+        self.memory_format = torch.contiguous_format
+        self.position_emb = nn.Parameter(torch.empty(LATENT_SIZE * LATENT_SIZE, TRANSFORMER_DIM))
+        self.encoder = _Stack(_encoder_blocks())
+        self.quantize = _Codebook(self.config.codebook_size, EMBED_DIM)
+        self.generator = _Stack(_generator_blocks())
+        self.feat_emb = nn.Linear(EMBED_DIM, TRANSFORMER_DIM)
+        self.ft_layers = nn.Sequential(*[TransformerLayer(TRANSFORMER_DIM, TRANSFORMER_HEADS, 2 * TRANSFORMER_DIM)
+                                         for _ in range(TRANSFORMER_LAYERS)])
+        self.idx_pred_layer = nn.Sequential(nn.LayerNorm(TRANSFORMER_DIM, eps=LAYERNORM_EPS),
+                                            nn.Linear(TRANSFORMER_DIM, self.config.codebook_size, bias=False))
+        channels = {r: BASE_CHANNELS * CHANNEL_MULT[int(math.log2(IMAGE_SIZE // r))] for r in ENCODER_TAPS}
+        self.fuse_convs_dict = nn.ModuleDict({str(r): FuseBlock(channels[r])
+                                              for r in self.config.fusion_resolutions})
+
+    # -- precision ---------------------------------------------------------------------------
+    def set_dtype(self, dtype: torch.dtype) -> "CodeFormer":
+        """Convolutions run in ``dtype``; the transformer, codebook and norms stay float32
+        so the code indices do not flip under half precision."""
+        for stack in (self.encoder, self.generator, self.fuse_convs_dict):
+            for m in stack.modules():
+                if isinstance(m, (nn.Conv2d,)):
+                    m.to(dtype)
+        return self
+
+    def set_memory_format(self, memory_format: torch.memory_format) -> "CodeFormer":
+        """``torch.channels_last`` speeds up convolutions on CPU (oneDNN) and tensor cores."""
+        self.memory_format = memory_format
+        return self.to(memory_format=memory_format)
+
+    @property
+    def conv_dtype(self) -> torch.dtype:
+        return self.encoder.blocks[0].weight.dtype
+
+    # -- forward -----------------------------------------------------------------------------
+    def _weights(self, w: WeightArg, batch: int, device) -> Tuple[Optional[Tensor], bool]:
+        if w is None:
+            w = self.config.default_w
+        w_t = torch.as_tensor(w, dtype=torch.float32, device=device).flatten()
+        if w_t.numel() == 1:
+            w_t = w_t.expand(batch)
+        if w_t.numel() != batch:
+            raise ValueError(f"w has {w_t.numel()} values for a batch of {batch}")
+        if not torch.isfinite(w_t).all() or (w_t < 0).any() or (w_t > 1).any():
+            raise ValueError(f"fidelity weight w must be in [0, 1], got {w_t.tolist()}")
+        return w_t, bool((w_t > 0).any())
+
+    def encode(self, x: Tensor, keep_taps: bool) -> Tuple[Tensor, Dict[int, Tensor]]:
+        taps: Dict[int, Tensor] = {}
+        h = x.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
+        start = 0
+        if keep_taps:
+            for res in sorted(ENCODER_TAPS, key=ENCODER_TAPS.get):
+                stop = ENCODER_TAPS[res] + 1
+                h = self.encoder.run(h, start, stop)
+                if str(res) in self.fuse_convs_dict:
+                    taps[res] = h
+                start = stop
+        return self.encoder.run(h, start).float().contiguous(), taps
+
+    def predict_codes(self, lq_feat: Tensor) -> Tuple[Tensor, Tensor]:
+        tokens = lq_feat.flatten(2).transpose(1, 2)
+        t = self.feat_emb(tokens)
+        pos = self.position_emb.unsqueeze(0)
+        for layer in self.ft_layers:
+            t = layer(t, pos)
+        logits = self.idx_pred_layer(t)
+        return logits, logits.argmax(dim=-1)
+
+    def lookup(self, idx: Tensor, lq_feat: Tensor, adain: bool) -> Tensor:
+        b = idx.shape[0]
+        q = self.quantize.embedding.weight[idx].reshape(b, LATENT_SIZE, LATENT_SIZE, EMBED_DIM)
+        q = q.permute(0, 3, 1, 2).contiguous()
+        if adain:
+            q = adaptive_instance_norm(q, lq_feat)
+        return q
+
+    def decode(self, quant: Tensor, taps: Dict[int, Tensor], w: Tensor, fuse: bool) -> Tensor:
+        h = quant.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
+        start = 0
+        if fuse and taps:
+            active = w > 0
+            all_active = bool(active.all())
+            w_b = w.to(h.dtype).view(-1, 1, 1, 1)
+            for res in sorted(taps, key=GENERATOR_FUSION_AFTER.get):
+                stop = GENERATOR_FUSION_AFTER[res] + 1
+                h = self.generator.run(h, start, stop)
+                block = self.fuse_convs_dict[str(res)]
+                if all_active:
+                    h = block(taps[res], h, w_b)
+                else:  # per-sample w with zeros: fuse only where w > 0
+                    h = h.clone()
+                    h[active] = block(taps[res][active], h[active], w_b[active])
+                start = stop
+        return self.generator.run(h, start).float().contiguous()
+
+    def forward(self, x: Tensor, w: WeightArg = None, adain: Optional[bool] = None,
+                return_codes: bool = False):
+        if x.dim() != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
+            raise ValueError(f"expected input [B,3,{IMAGE_SIZE},{IMAGE_SIZE}], got {list(x.shape)}")
+        adain = self.config.default_adain if adain is None else adain
+        w_t, fuse = self._weights(w, x.shape[0], x.device)
+        fuse = fuse and len(self.fuse_convs_dict) > 0
+        lq_feat, taps = self.encode(x, keep_taps=fuse)
+        logits, idx = self.predict_codes(lq_feat)
+        quant = self.lookup(idx, lq_feat, adain)
+        out = self.decode(quant, taps, w_t, fuse)
+        return (out, logits, idx) if return_codes else out
+
+
+def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = ADAIN_EPS) -> Tensor:
+    """Per sample and channel, give ``content`` the mean/std of ``style`` (unbiased variance)."""
+    b, c = content.shape[:2]
+    c_flat, s_flat = content.reshape(b, c, -1), style.reshape(b, c, -1)
+    c_mean, s_mean = c_flat.mean(-1), s_flat.mean(-1)
+    c_std = (c_flat.var(-1, unbiased=True) + eps).sqrt()
+    s_std = (s_flat.var(-1, unbiased=True) + eps).sqrt()
+    scale = (s_std / c_std)[..., None, None]
+    return (content - c_mean[..., None, None]) * scale + s_mean[..., None, None]
+
+
+def expected_shapes(variant: str) -> Dict[str, Tuple[int, ...]]:
+    """State-dict contract of a variant, derived from the module itself (no weights made)."""
+    with torch.device("meta"):
+        model = CodeFormer(variant)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

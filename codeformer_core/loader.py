@@ -1,0 +1,62 @@
+"""``load_model``: a checkpoint (file or dict) to a ready CodeFormer on the chosen device."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Optional, Union
+
+import torch
+
+from .checkpoint import CheckpointError, Source, detect_variant, read_state_dict
+from .codeformer import CodeFormer
+
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
+          "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
+    """``None``/"auto": CUDA, then MPS, then CPU."""
+    if device is None or str(device) == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+    """``None``/"auto": half precision on CUDA, float32 elsewhere (CPU half is slow)."""
+    if dtype is None or dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(f"unknown dtype '{dtype}'; use one of auto, fp32, fp16, bf16") from None
+
+
+def load_model(source: Source, device: Union[str, torch.device, None] = None,
+               dtype: Union[str, torch.dtype, None] = None) -> CodeFormer:
+    """Load any published CodeFormer variant, detected from the state dict's keys and shapes.
+
+    Returns the model in eval mode, without autograd state, with ``.variant`` set.
+    """
+    where = "the given state dict" if isinstance(source, Mapping) else str(source)
+    state_dict = read_state_dict(source)
+    variant = detect_variant(state_dict, where)
+    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{where} contains NaN or infinite values (e.g. in {bad[0]}); the file is damaged")
+    with torch.device("meta"):
+        model = CodeFormer(variant)
+    model.load_state_dict(state_dict, strict=True, assign=True)
+    model.float().eval().requires_grad_(False)
+    device = resolve_device(device)
+    model.to(device)
+    target = resolve_dtype(dtype, device)
+    if target != torch.float32:
+        model.set_dtype(target)
+    model.source = None if isinstance(source, Mapping) else str(Path(source))
+    return model
