@@ -1,0 +1,351 @@
+"""Frames in, frames out: detection -> alignment -> CodeFormer -> paste-back.
+
+The one entry point used by the ComfyUI nodes and the command line alike is
+``restore_images``; the steps are public too so the modular nodes can run them one by one.
+Frames are processed in chunks (all faces of a chunk go through the network together); on
+an out-of-memory error the chunk is halved and retried.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Callable, List, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .align import align_faces, warp_faces
+from .detection import Detections, FaceDetector
+from .faces import FaceBatch
+from .paste import paste_faces, parse_labels_to_masks, to_luminance
+
+Tensor = torch.Tensor
+Progress = Optional[Callable[[int, int], None]]
+Interrupt = Optional[Callable[[], None]]
+
+MODEL_SIZE = 512
+TASK_VARIANT = {"restore": "restoration", "colorize": "colorization", "inpaint": "inpainting"}
+TASK_NODE = {"restore": "CodeFormer Restore Faces", "colorize": "CodeFormer Colorize Faces",
+             "inpaint": "CodeFormer Inpaint Faces"}
+
+
+class WrongVariantError(ValueError):
+    """A model of one variant was given to a step that needs another."""
+
+
+# -- frames ------------------------------------------------------------------------------------
+def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
+    """Any image batch to float32 [B,3,H,W] RGB in 0..1.
+
+    Accepts ComfyUI IMAGE tensors [B,H,W,C] (C = 1, 3 or 4; alpha is dropped, gray is
+    replicated), single images [H,W] / [H,W,C], and uint8 / uint16 / float numpy arrays.
+    NaN or infinite values are refused rather than silently spread into the output.
+    """
+    t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    if not isinstance(t, Tensor):
+        raise TypeError(f"expected an image tensor or array, got {type(images).__name__}")
+    if t.dim() == 2:
+        t = t[None, :, :, None]
+    elif t.dim() == 3:
+        t = t[None] if t.shape[-1] in (1, 2, 3, 4) else t[..., None]
+    if t.dim() != 4:
+        raise ValueError(f"expected images [B,H,W,C], got shape {tuple(t.shape)}")
+    if t.shape[-1] not in (1, 2, 3, 4):
+        raise ValueError(f"expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {t.shape[-1]}")
+    if t.dtype == torch.uint8:
+        t = t.to(device=device, dtype=torch.float32) / 255.0
+    elif t.dtype in (torch.int16, torch.int32, torch.uint16) or str(t.dtype) == "torch.uint16":
+        t = t.to(device=device, dtype=torch.float32) / 65535.0
+    else:
+        t = t.to(device=device, dtype=torch.float32)
+        if t.numel() and not torch.isfinite(t).all():
+            raise ValueError("image contains NaN or infinite values; fix the node that produced it "
+                             "(for example a VAE decode in the wrong precision)")
+    c = t.shape[-1]
+    rgb = t[..., :1].expand(*t.shape[:-1], 3) if c <= 2 else t[..., :3]
+    return rgb.permute(0, 3, 1, 2).clamp(0, 1).contiguous()
+
+
+def from_frames(frames: Tensor) -> Tensor:
+    """[B,3,H,W] back to the ComfyUI layout [B,H,W,3] (float32, 0..1, on the CPU)."""
+    return frames.clamp(0, 1).permute(0, 2, 3, 1).float().cpu().contiguous()
+
+
+# -- detection ----------------------------------------------------------------------------------
+class LandmarkSmoother:
+    """Exponential smoothing of landmarks across consecutive frames, to reduce flicker.
+
+    A face is matched to the previous frame's face with the highest box IoU (above
+    ``min_iou``); unmatched faces start fresh. State carries over between calls so a video
+    processed in chunks is smoothed seamlessly.
+    """
+
+    def __init__(self, strength: float = 0.5, min_iou: float = 0.3):
+        if not 0 <= strength < 1:
+            raise ValueError("smoothing strength must be in [0, 1)")
+        self.strength, self.min_iou = float(strength), float(min_iou)
+        self._prev_boxes: Optional[Tensor] = None
+        self._prev_points: Optional[Tensor] = None
+
+    def __call__(self, dets: Detections) -> Detections:
+        if self.strength == 0 or len(dets) == 0:
+            self._prev_boxes = self._prev_points = None if len(dets) == 0 else self._prev_boxes
+            return dets
+        points = dets.landmarks.clone()
+        counts = dets.counts_per_frame().tolist()
+        start = 0
+        for count in counts:  # frames are sequential by nature; faces within a frame are vectorised
+            rows = slice(start, start + count)
+            start += count
+            if count and self._prev_boxes is not None and len(self._prev_boxes):
+                iou = _box_iou(dets.boxes[rows], self._prev_boxes)
+                best, j = iou.max(dim=1)
+                hit = best >= self.min_iou
+                blended = self.strength * self._prev_points[j] + (1 - self.strength) * points[rows]
+                points[rows] = torch.where(hit[:, None, None], blended, points[rows])
+            self._prev_boxes, self._prev_points = dets.boxes[rows], points[rows]
+        return replace(dets, landmarks=points)
+
+
+def _box_iou(a: Tensor, b: Tensor) -> Tensor:
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
+    return inter / (area(a)[:, None] + area(b)[None] - inter).clamp(min=1e-9)
+
+
+def detect_faces(frames: Tensor, detector: FaceDetector, crop_size: int = MODEL_SIZE,
+                 smoother: Optional[LandmarkSmoother] = None, **detect_kwargs) -> FaceBatch:
+    """Detect and align every face of a frame batch [B,3,H,W] into one FaceBatch."""
+    if frames.shape[0] == 0:
+        return FaceBatch.empty(0, tuple(frames.shape[-2:]), crop_size, frames.device)
+    dets = detector.detect(frames, **detect_kwargs)
+    if smoother is not None:
+        dets = smoother(dets)
+    return align_faces(frames, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores,
+                       size=crop_size)
+
+
+def aligned_faces(frames: Tensor) -> FaceBatch:
+    """Frames that already are aligned faces (``--has-aligned``): one face per frame, identity."""
+    b, _, h, w = frames.shape
+    crops = frames if (h, w) == (MODEL_SIZE, MODEL_SIZE) else \
+        F.interpolate(frames, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False, antialias=True)
+    scale = torch.tensor([[MODEL_SIZE / w, 0, 0], [0, MODEL_SIZE / h, 0]], device=frames.device)
+    inverse = torch.tensor([[w / MODEL_SIZE, 0, 0], [0, h / MODEL_SIZE, 0]], device=frames.device)
+    box = torch.tensor([0.0, 0.0, float(w), float(h)], device=frames.device)
+    from .align import detect_gray_frames, template_for
+    lm = template_for(MODEL_SIZE, device=frames.device) * torch.tensor([w / MODEL_SIZE, h / MODEL_SIZE],
+                                                                         device=frames.device)
+    return FaceBatch(crops=crops.float(), affines=scale.expand(b, 2, 3).clone(),
+                     inverse_affines=inverse.expand(b, 2, 3).clone(),
+                     frame_index=torch.arange(b, device=frames.device), boxes=box.expand(b, 4).clone(),
+                     scores=torch.ones(b, device=frames.device), landmarks=lm.expand(b, 5, 2).clone(),
+                     frame_size=(h, w), num_frames=b, gray=detect_gray_frames(frames))
+
+
+# -- the network -------------------------------------------------------------------------------
+def check_variant(model, task: str) -> None:
+    """Refuse a model of the wrong variant with a message naming the node/command to use."""
+    want = TASK_VARIANT[task]
+    have = getattr(model, "variant", None)
+    if have != want:
+        use = next((t for t, v in TASK_VARIANT.items() if v == have), None)
+        hint = f"; use {TASK_NODE[use]} (CLI: codeformer {use}) for it" if use else ""
+        raise WrongVariantError(f"this step needs the {want} model, but the loaded model is the "
+                                f"{have} variant{hint}, or load the {want} checkpoint")
+
+
+def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adain: Optional[bool] = None,
+                batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
+                done_offset: int = 0, total: Optional[int] = None) -> Tensor:
+    """Crops [N,3,S,S] 0..1 -> model output clamped and mapped back to 0..1, in batches.
+
+    Halves the batch on out-of-memory. Stays on the model's device; returns on the crops' device.
+    """
+    n = int(crops.shape[0])
+    total = n if total is None else total
+    param = next(model.parameters())
+    out = torch.empty(n, 3, MODEL_SIZE, MODEL_SIZE, device=crops.device, dtype=torch.float32)
+    if n == 0:
+        return out
+    w_all = None if w is None or not isinstance(w, Tensor) else w.to(torch.float32).reshape(-1)
+    start, step = 0, max(1, int(batch_size))
+    while start < n:
+        if check_interrupt is not None:
+            check_interrupt()
+        stop = min(n, start + step)
+        x = crops[start:stop].to(param.device, torch.float32, non_blocking=True)
+        if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
+            x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
+                              antialias=True)
+        wb = w_all[start:stop] if w_all is not None else w
+        try:
+            with torch.inference_mode():
+                y = model(x * 2 - 1, w=wb, adain=adain)
+        except torch.OutOfMemoryError:
+            if step == 1:
+                raise
+            step = max(1, step // 2)
+            _empty_cache(param.device)
+            continue
+        out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
+        start = stop
+        if progress is not None:
+            progress(done_offset + start, total)
+    return out
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor] = 0.5, **run_kwargs) -> FaceBatch:
+    """CodeFormer restoration of every crop; ``w`` 0 = strongest restoration, 1 = most faithful."""
+    check_variant(model, "restore")
+    return faces.with_crops(run_network(model, faces.crops, w=w, **run_kwargs), variant="restoration", w=w)
+
+
+def gray_model_input(crops: Tensor) -> Tensor:
+    """The colorization model's input: luminance (ITU-R 601, as OpenCV's BGR2GRAY) in 3 channels."""
+    return to_luminance(crops)
+
+
+def colorize_faces(model, faces: FaceBatch, **run_kwargs) -> FaceBatch:
+    """Colorize gray (or faded) faces; the result is colour, so paste-back keeps it colour."""
+    check_variant(model, "colorize")
+    out = run_network(model, gray_model_input(faces.crops), w=0.0, adain=True, **run_kwargs)
+    result = faces.with_crops(out, variant="colorization")
+    return replace(result, gray=torch.zeros_like(faces.gray) if faces.gray is not None else None)
+
+
+def inpaint_faces(model, faces: FaceBatch, frame_masks: Optional[Tensor] = None, threshold: float = 0.5,
+                  **run_kwargs) -> FaceBatch:
+    """Fill the hole of every face; pixels outside the hole keep the input exactly.
+
+    ``frame_masks`` [B,H,W] (1 = hole, in frame space, e.g. a ComfyUI MASK) is warped into each
+    crop; without it, pure-white crop pixels are the hole, as in the original entry point.
+    """
+    check_variant(model, "inpaint")
+    hole = crop_hole_masks(faces, frame_masks, threshold)
+    x = torch.where(hole, torch.ones_like(faces.crops), faces.crops)
+    out = run_network(model, x, w=1.0, adain=False, **run_kwargs)
+    filled = torch.where(hole, out, faces.crops)
+    return faces.with_crops(filled, variant="inpainting")
+
+
+def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: float = 0.5) -> Tensor:
+    """[N,1,S,S] bool hole per crop, from frame-space masks or the crops' pure-white pixels."""
+    if frame_masks is None:
+        return (faces.crops >= 1.0).all(dim=1, keepdim=True)
+    m = frame_masks.to(faces.device, torch.float32)
+    if m.dim() == 2:
+        m = m[None]
+    h, w = faces.frame_size
+    if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
+        raise ValueError(f"mask has shape {tuple(m.shape)}, but the image is {h}x{w}; "
+                         f"give a mask of the image size (for example with a resize/upscale mask node)")
+    if m.shape[0] not in (1, faces.num_frames):
+        raise ValueError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask or one per image")
+    if m.shape[0] == 1:
+        m = m.expand(faces.num_frames, h, w)
+    if len(faces) == 0:
+        return torch.zeros(0, 1, faces.crop_size, faces.crop_size, dtype=torch.bool, device=faces.device)
+    warped = warp_faces(m[:, None].expand(-1, 3, -1, -1), faces.affines, faces.frame_index,
+                        size=faces.crop_size, border_rgb=(0, 0, 0))
+    return warped[:, :1] > threshold
+
+
+def parse_masks_for(parser, crops: Tensor) -> Tensor:
+    """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...)."""
+    from .parsenet import parse_faces
+    return parse_labels_to_masks(parse_faces(parser, crops))
+
+
+# -- all in one ---------------------------------------------------------------------------------
+@dataclass
+class RestoreResult:
+    images: Tensor                # [B,Hs,Ws,3] float32 0..1 (CPU)
+    mask: Tensor                  # [B,Hs,Ws] float32 share of each pixel taken from restored faces
+    face_counts: List[int] = field(default_factory=list)  # faces found per frame
+
+    @property
+    def total_faces(self) -> int:
+        return int(sum(self.face_counts))
+
+
+def restore_images(images, model, detector: Optional[FaceDetector] = None, w: float = 0.5, *,
+                   task: Optional[str] = None, upscale: float = 1.0, visibility: float = 1.0,
+                   color_match: bool = False, parser=None, background_upscaler=None,
+                   inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
+                   smoother: Optional[LandmarkSmoother] = None, frames_per_chunk: int = 16,
+                   batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
+                   device=None, **detect_kwargs) -> RestoreResult:
+    """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
+
+    ``images``: ComfyUI IMAGE [B,H,W,C] or any array ``to_frames`` accepts. Frames with no
+    face come back unchanged (upscaled if asked) with a count of 0. ``detect_kwargs`` go to
+    ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
+    """
+    task = task or {v: t for t, v in TASK_VARIANT.items()}.get(getattr(model, "variant", None), "restore")
+    check_variant(model, task)
+    if detector is None and not has_aligned:
+        raise ValueError("a face detector is needed unless the images are already aligned faces")
+    work_device = device or next(model.parameters()).device
+    frames_all = to_frames(images)  # stays on the CPU; chunks move to the device
+    b = frames_all.shape[0]
+    if b == 0:
+        return RestoreResult(torch.zeros(0, *frames_all.shape[-2:], 3), torch.zeros(0, *frames_all.shape[-2:]), [])
+    out_images, out_masks, counts = [], [], []
+    done_faces, step, start = 0, max(1, int(frames_per_chunk)), 0
+    while start < b:
+        stop = min(b, start + step)
+        try:
+            frames = frames_all[start:stop].to(work_device)
+            faces = aligned_faces(frames) if has_aligned else \
+                detect_faces(frames, detector, smoother=smoother, **detect_kwargs)
+            run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=done_faces,
+                       total=None, progress=(None if progress is None else
+                                             (lambda d, _t: progress(d, max(d, done_faces + len(faces))))))
+            if task == "restore":
+                faces = restore_faces(model, faces, w=w, **run)
+            elif task == "colorize":
+                faces = colorize_faces(model, faces, **run)
+            else:
+                masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop, b)
+                faces = inpaint_faces(model, faces, masks, **run)
+            parse = parse_masks_for(parser, faces.crops) if parser is not None and len(faces) else None
+            if has_aligned:
+                pasted, mask = _resize_aligned(faces, upscale)
+            else:
+                pasted, mask = paste_faces(frames, faces, upscale=upscale, parse_masks=parse,
+                                           visibility=visibility, color_match=color_match,
+                                           background_upscaler=background_upscaler)
+        except torch.OutOfMemoryError:
+            if step == 1:
+                raise
+            step = max(1, step // 2)
+            _empty_cache(torch.device(work_device))
+            continue
+        out_images.append(from_frames(pasted))
+        out_masks.append(mask[:, 0].float().cpu())
+        counts += faces.counts_per_frame().tolist()
+        done_faces += len(faces)
+        start = stop
+    return RestoreResult(torch.cat(out_images), torch.cat(out_masks), counts)
+
+
+def _chunk_masks(masks: Tensor, start: int, stop: int, num_frames: int) -> Tensor:
+    m = masks if masks.dim() == 3 else masks[None]
+    return m if m.shape[0] == 1 else m[start:stop]
+
+
+def _resize_aligned(faces: FaceBatch, upscale: float) -> tuple:
+    """Aligned input: the restored crop is the output, resized to the input size x upscale."""
+    h, w = faces.frame_size
+    size = (int(h * upscale), int(w * upscale))
+    out = faces.crops if size == tuple(faces.crops.shape[-2:]) else \
+        F.interpolate(faces.crops, size=size, mode="bicubic", align_corners=False, antialias=True).clamp(0, 1)
+    return out, torch.ones(out.shape[0], 1, *size, device=out.device)
