@@ -279,6 +279,7 @@ class RestoreResult:
 def restore_images(images, model, detector: Optional[FaceDetector] = None, w: float = 0.5, *,
                    task: Optional[str] = None, upscale: float = 1.0, visibility: float = 1.0,
                    color_match: bool = False, parser=None, background_upscaler=None,
+                   face_upscaler: Optional[Callable[[Tensor], Tensor]] = None,
                    inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
                    smoother: Optional[LandmarkSmoother] = None, frames_per_chunk: int = 16,
                    batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
@@ -286,7 +287,9 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
 
     ``images``: ComfyUI IMAGE [B,H,W,C] or any array ``to_frames`` accepts. Frames with no
-    face come back unchanged (upscaled if asked) with a count of 0. ``detect_kwargs`` go to
+    face come back unchanged (upscaled if asked) with a count of 0. ``face_upscaler`` (crops
+    [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before paste-back, like the
+    original's ``--face_upsample``. ``detect_kwargs`` go to
     ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
     """
     task = task or {v: t for t, v in TASK_VARIANT.items()}.get(getattr(model, "variant", None), "restore")
@@ -320,7 +323,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
             if has_aligned:
                 pasted, mask = _resize_aligned(faces, upscale)
             else:
-                pasted, mask = paste_faces(frames, faces, upscale=upscale, parse_masks=parse,
+                restored = face_upscaler(faces.crops) if face_upscaler is not None and len(faces) else None
+                pasted, mask = paste_faces(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
                                            visibility=visibility, color_match=color_match,
                                            background_upscaler=background_upscaler)
         except torch.OutOfMemoryError:

@@ -1,0 +1,341 @@
+"""Command line on images and folders, the background upsampler, and the ``weights`` commands.
+
+Offline: synthetic weights in a temporary models folder, a local HTTP server on 127.0.0.1 for
+downloads. A CodeFormer forward costs ~10 s on a shared CPU, so only two tests run the
+network (aligned path, whole-image path); the others make detection find nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import http.server
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading,
+                          models_dir)
+from codeformer_core import cli, weights
+from codeformer_core.imageio import read_image
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    return models_dir(tmp_path_factory)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cached_loading():
+    mp = pytest.MonkeyPatch()
+    cache_model_loading(mp)
+    yield
+    mp.undo()
+
+
+def run(capsys, *argv):
+    rc = cli.main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def write_rgb(path: Path, rgb: np.ndarray) -> Path:
+    cv2.imwrite(str(path), np.ascontiguousarray(rgb[..., ::-1]) if rgb.ndim == 3 and rgb.shape[2] == 3 else rgb)
+    return path
+
+
+# ----------------------------------------------------------------------------- help / usage
+def test_module_help_subprocess():
+    r = subprocess.run([sys.executable, "-m", "codeformer_core", "--help"], capture_output=True, text=True,
+                       cwd=Path(__file__).parent.parent, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for word in ("restore", "colorize", "inpaint", "weights", "exit codes", "partial failure"):
+        assert word in r.stdout
+
+
+def test_restore_help_lists_options(capsys):
+    rc, out, _ = run(capsys, "restore", "--help")
+    assert rc == 0
+    for opt in ("--fidelity", "--upscale", "--has-aligned", "--only-center-face", "--draw-box", "--detector",
+                "--bg-upsampler", "--bg-tile", "--face-upsample", "--suffix", "--output", "--fps",
+                "--batch-size", "--device", "--dtype", "--models", "--parse"):
+        assert opt in out
+
+
+def test_usage_errors_are_one_line(capsys, tmp_path, models):
+    rc, _, err = run(capsys, "restore", tmp_path / "nope.png", "--models", models)
+    assert rc == cli.EXIT_ERROR and err.strip().count("\n") == 0 and "no such file" in err
+    assert "Traceback" not in err
+    rc, _, err = run(capsys, "restore", "--no-such-option", "x.png")
+    assert rc == cli.EXIT_USAGE
+    (tmp_path / "a.txt").write_text("x")
+    rc, _, err = run(capsys, "restore", tmp_path / "a.txt")
+    assert rc == cli.EXIT_ERROR and "not a supported" in err
+    rc, _, err = run(capsys, "restore", tmp_path / "a.txt", "--face-upsample")
+    assert rc == cli.EXIT_ERROR and "--bg-upsampler" in err
+
+
+# ----------------------------------------------------------------------------- the network paths
+@pytest.fixture(scope="module")
+def aligned_run(models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("aligned")
+    src = write_rgb(d / "face.png", aligned_face(128))
+    rc = cli.main(["restore", str(src), "--has-aligned", "-s", "2", "-w", "0.7", "--models", str(models),
+                   *DETECTOR_ARGS])
+    return rc, src, d / "face_restored.png"
+
+
+def test_aligned_face_restored(aligned_run):
+    rc, src, dest = aligned_run
+    assert rc == 0 and dest.is_file()
+    out = read_image(dest)
+    assert out.rgb.shape == (256, 256, 3) and out.bit_depth == 8
+    # The synthetic network changes the face: output is not just the resized input.
+    ref = cv2.resize(cv2.imread(str(src))[..., ::-1], (256, 256), interpolation=cv2.INTER_CUBIC)
+    assert np.abs(out.rgb.astype(int) - ref.astype(int)).mean() > 1
+
+
+def _tiny_rrdb(path: Path, nf: int = 8, nb: int = 1, gc: int = 32) -> Path:
+    """RealESRGAN_x2plus-style RRDBNet (pixel-unshuffle input, new-arch keys), random weights."""
+    g = torch.Generator().manual_seed(0)
+    sd = {}
+
+    def conv(name, cout, cin):
+        sd[f"{name}.weight"] = torch.randn(cout, cin, 3, 3, generator=g) * 0.02
+        sd[f"{name}.bias"] = torch.zeros(cout)
+
+    conv("conv_first", nf, 3 * 4)
+    for b in range(nb):
+        for r in (1, 2, 3):
+            for i in range(1, 6):
+                conv(f"body.{b}.rdb{r}.conv{i}", nf if i == 5 else gc, nf + (i - 1) * gc)
+    for name in ("conv_body", "conv_up1", "conv_up2", "conv_hr"):
+        conv(name, nf, nf)
+    conv("conv_last", 3, nf)
+    torch.save({"params_ema": sd}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def rrdb_file(tmp_path_factory):
+    return _tiny_rrdb(tmp_path_factory.mktemp("up") / "RealESRGAN_x2plus.pth")
+
+
+@pytest.fixture(scope="module")
+def whole_run(models, rrdb_file, tmp_path_factory):
+    """Whole image: detect (low threshold, centre face), restore, face + background upsample."""
+    d = tmp_path_factory.mktemp("whole")
+    src = write_rgb(d / "astronaut.jpg", astronaut((256, 256)))
+    argv = ["restore", str(src), "-o", str(d / "out"), "-s", "2", "--only-center-face", "--draw-box",
+            "--detection-threshold", "0.3", "--bg-upsampler", str(rrdb_file), "--face-upsample",
+            "--bg-tile", "96", "--models", str(models), *DETECTOR_ARGS]
+    import io
+    from contextlib import redirect_stdout
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        rc = cli.main(argv)
+    return rc, d / "out" / "astronaut_restored.jpg", buf.getvalue()
+
+
+def test_whole_image_restored(whole_run):
+    rc, dest, stdout = whole_run
+    assert rc == 0, stdout
+    assert dest.is_file()
+    out = read_image(dest)
+    assert out.rgb.shape == (512, 512, 3)
+    assert "1 faces found" in stdout and "0 of 1 frames with no face" in stdout
+    # --draw-box: pure green pixels exist (JPEG: nearly pure)
+    g = out.rgb.astype(int)
+    assert ((g[..., 1] > 200) & (g[..., 0] < 60) & (g[..., 2] < 60)).sum() > 20
+
+
+def test_spandrel_upscaler_tiles_match_whole(rrdb_file):
+    up_tiled = cli.load_upscaler(rrdb_file, "cpu", tile=24)
+    up_whole = cli.load_upscaler(rrdb_file, "cpu", tile=0)
+    assert up_tiled.scale == 2
+    x = torch.rand(1, 3, 50, 70)
+    a, b = up_tiled(x), up_whole(x)
+    assert a.shape == (1, 3, 100, 140) and b.shape == a.shape
+    # The receptive field exceeds the 10-px tile pad, so tiles differ slightly at seams.
+    assert (a - b).abs().mean() < 2e-2
+
+
+def test_bad_upscaler_file_is_one_line_error(capsys, tmp_path, models):
+    bad = tmp_path / "up.pth"
+    torch.save({"foo.weight": torch.zeros(2)}, bad)
+    src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
+    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", bad, "--models", models, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR and "spandrel" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- folders
+@pytest.fixture(scope="module")
+def folder_run(models, tmp_path_factory):
+    d = tmp_path_factory.mktemp("mixed")
+    src = d / "in"
+    src.mkdir()
+    img = astronaut((80, 96))  # cv2 size is (w, h): 96 rows x 80 columns
+    cv2.imwrite(str(src / "gray.png"), cv2.cvtColor(img, cv2.COLOR_RGB2GRAY))
+    rgba = np.dstack([img[..., ::-1], np.linspace(0, 255, 80, dtype=np.uint8)[None].repeat(96, 0)])
+    cv2.imwrite(str(src / "rgba.png"), rgba)
+    cv2.imwrite(str(src / "deep.png"), img[..., ::-1].astype(np.uint16) * 257)
+    cv2.imwrite(str(src / "photo.jpg"), img[..., ::-1])
+    (src / "broken.png").write_bytes(b"this is not a png")
+    (src / "notes.txt").write_text("not an image")
+    out = d / "out"
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    o, e = io.StringIO(), io.StringIO()
+    with redirect_stdout(o), redirect_stderr(e):
+        rc = cli.main(["restore", str(src), "-o", str(out), "-s", "1.5", *NO_FACES, "--models", str(models),
+                       *DETECTOR_ARGS])
+    return rc, src, out, o.getvalue(), e.getvalue()
+
+
+def test_folder_bad_file_reported_not_fatal(folder_run):
+    rc, _, out, stdout, stderr = folder_run
+    assert rc == cli.EXIT_PARTIAL
+    assert "broken.png: failed" in stderr and "not a readable image" in stderr
+    assert "notes.txt: skipped" in stderr
+    assert "Traceback" not in stderr
+    assert "4 files done, 1 failed, 1 skipped" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["deep.png", "gray.png", "photo.jpg", "rgba.png"]
+
+
+def test_folder_outputs_keep_format(folder_run):
+    _, _, out, _, _ = folder_run
+    gray, rgba, deep, jpg = (read_image(out / n) for n in ("gray.png", "rgba.png", "deep.png", "photo.jpg"))
+    for im in (gray, rgba, deep, jpg):
+        assert im.size == (144, 120)  # 96x80 * 1.5
+    assert gray.gray
+    assert rgba.alpha is not None and rgba.alpha[:, -1].mean() > 200 and rgba.alpha[:, 0].mean() < 50
+    assert deep.bit_depth == 16 and deep.rgb.shape == (144, 120, 3)
+    assert jpg.alpha is None and jpg.bit_depth == 8
+
+
+def test_skip_existing_and_all_failed(capsys, folder_run, models, tmp_path):
+    _, src, out, _, _ = folder_run
+    rc, stdout, _ = run(capsys, "restore", src, "-o", out, "--skip-existing", "--models", models, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR  # only broken.png was attempted, and it failed
+    assert "0 files done, 1 failed, 5 skipped" in stdout
+
+
+def test_missing_weight_offline_names_url_and_path(capsys, tmp_path, monkeypatch):
+    entries = {n: dataclasses.replace(e, urls=(_closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
+    monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
+    src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
+    rc, _, err = run(capsys, "restore", src, "--models", tmp_path / "empty", "-q")
+    lines = [l for l in err.splitlines() if l.startswith("codeformer: error")]
+    assert rc == cli.EXIT_ERROR and len(lines) == 1
+    assert entries["codeformer"].url in lines[0]
+    assert str(tmp_path / "empty" / "facerestore_models" / "codeformer.pth") in lines[0]
+    rc, _, err = run(capsys, "restore", src, "--models", tmp_path / "empty", "-q", "--no-download")
+    assert rc == cli.EXIT_ERROR and "not found" in err and entries["codeformer"].url in err
+
+
+# ----------------------------------------------------------------------------- weights commands
+PAYLOAD = b"codeformer-test-payload" * 1000
+PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        self.server.hits.append(self.path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(PAYLOAD)))
+        self.end_headers()
+        self.wfile.write(PAYLOAD)
+
+
+@pytest.fixture(scope="module")
+def server():
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    srv.daemon_threads = True
+    srv.hits = []
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _closed_port_url(name: str) -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"http://127.0.0.1:{port}/{name}"
+
+
+@pytest.fixture
+def local_registry(monkeypatch, server):
+    entries = {n: dataclasses.replace(e, urls=(f"{server.base}/{e.file}",), sha256=None, size=None)
+               for n, e in weights.known_weights().items()}
+    entries["codeformer_inpainting"] = dataclasses.replace(entries["codeformer_inpainting"], sha256=PAYLOAD_SHA,
+                                                           size=len(PAYLOAD))
+    monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
+    monkeypatch.delenv(weights.ENV_MODELS_DIR, raising=False)
+    return entries
+
+
+def test_weights_list_download_verify(capsys, local_registry, server, tmp_path, monkeypatch):
+    monkeypatch.setenv(weights.ENV_MODELS_DIR, str(tmp_path))  # env var is honoured without --models
+    rc, out, _ = run(capsys, "weights", "list")
+    assert rc == 0 and f"models folder: {tmp_path}" in out
+    assert "codeformer_inpainting" in out and "missing" in out
+    rc, out, err = run(capsys, "weights", "download", "codeformer_inpainting")
+    dest = tmp_path / "facerestore_models" / "codeformer_inpainting.pth"
+    assert rc == 0, err
+    assert dest.read_bytes() == PAYLOAD and "sha256 ok" in out
+    assert not list(dest.parent.glob("*.part*"))
+    rc, out, _ = run(capsys, "weights", "list")
+    line = next(l for l in out.splitlines() if l.startswith("codeformer_inpainting"))
+    assert "present" in line
+    hits = len(server.hits)
+    rc, out, _ = run(capsys, "weights", "download", "codeformer_inpainting")
+    assert rc == 0 and "already present" in out and len(server.hits) == hits
+    rc, out, _ = run(capsys, "weights", "verify")
+    assert rc == 0 and "OK   " in out and "sha256 ok" in out
+    dest.write_bytes(PAYLOAD[:-1] + b"X")  # same size, wrong content
+    rc, out, _ = run(capsys, "weights", "verify", dest)
+    assert rc == cli.EXIT_ERROR and "FAIL" in out and "sha256" in out
+    rc, _, err = run(capsys, "weights", "download", "no_such_weight")
+    assert rc == cli.EXIT_ERROR and "unknown weight" in err and "codeformer" in err
+
+
+def test_weights_download_offline_is_one_line(capsys, tmp_path, monkeypatch):
+    entries = {n: dataclasses.replace(e, urls=(_closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
+    monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
+    rc, _, err = run(capsys, "weights", "download", "parsenet", "--models", tmp_path)
+    assert rc == cli.EXIT_ERROR and err.count("\n") == 1
+    assert entries["parsenet"].url in err and str(tmp_path / "facedetection" / "parsing_parsenet.pth") in err
+
+
+def test_weights_convert_round_trip(capsys, models, tmp_path):
+    from codeformer_core.checkpoint import read_state_dict
+    from codeformer_core.loader import load_model
+    src = models / "facerestore_models" / "codeformer.pth"
+    dest = tmp_path / "cf.safetensors"
+    rc, out, err = run(capsys, "weights", "convert", src, "--to", "safetensors", "-o", dest)
+    assert rc == 0, err
+    a, b = read_state_dict(src), read_state_dict(dest)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert load_model(dest).variant == "restoration"
+    rc, out, _ = run(capsys, "weights", "verify", dest)
+    assert rc == 0 and "CodeFormer restoration checkpoint" in out
+    rc, _, err = run(capsys, "weights", "convert", src, "--fp16", "-o", tmp_path / "h.safetensors")
+    h = read_state_dict(tmp_path / "h.safetensors")
+    assert rc == 0 and all(h[k].dtype == torch.float16 for k in h if a[k].is_floating_point())
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"garbage")
+    rc, _, err = run(capsys, "weights", "convert", bad)
+    assert rc == cli.EXIT_ERROR and "Traceback" not in err and err.count("\n") == 1
