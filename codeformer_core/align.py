@@ -1,0 +1,316 @@
+"""Batched face alignment: 5-point similarity fit and one grid_sample for all crops.
+
+Written from FACE_NETS.md sections 6 and 9.8 (facexlib 0.3.0 conventions): the FFHQ 5-point
+template, a rotation + uniform-scale + translation fit from the landmarks to the template,
+and a bilinear warp with OpenCV's pixel-centre convention and a constant grey border.
+Frames are float [B,3,H,W] RGB 0..1 on any device; geometry is float32. The small geometry
+(fits, inverses, window placement) runs on the CPU in float64: exact enough for 4K+ frames and
+usable on devices without float64; only the float32 sampling grids go to the device.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .faces import FaceBatch
+
+__all__ = [
+    "FFHQ_TEMPLATE_512", "BORDER_RGB", "template_for", "estimate_similarity", "invert_affine",
+    "warp_faces", "align_faces", "detect_gray_frames",
+]
+
+# (x, y) in a 512x512 crop: eye centres (image left, right), nose tip, mouth corners.
+FFHQ_TEMPLATE_512 = torch.tensor(
+    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
+     [201.26117, 371.41043], [313.08905, 371.15118]], dtype=torch.float64)
+
+# The reference fills pixels outside the frame with BGR (135, 133, 132), i.e. RGB (132, 133, 135).
+BORDER_RGB = (132, 133, 135)
+
+# Robust-scale constants (Rousseeuw & Leroy least-median-of-squares): sigma estimate
+# 1.4826 * (1 + 5 / (n - p)) * sqrt(median squared residual), inliers within 2.5 sigma.
+_LMEDS_CONSISTENCY = 1.4826
+_LMEDS_CUTOFF = 2.5
+
+
+def template_for(size: int = 512, dtype=torch.float32, device=None) -> torch.Tensor:
+    """The 5-point template for a ``size`` x ``size`` crop (the 512 one scaled by size/512)."""
+    return (FFHQ_TEMPLATE_512 * (float(size) / 512.0)).to(dtype=dtype, device=device)
+
+
+def _ls_similarity(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Weighted least-squares similarity src -> dst ([N,P,2] float64, weights [N,P]).
+
+    In 2-D the similarity [[a,-b],[b,a]] + t is linear in (a, b, t), so the least-squares
+    solution is closed form and can never reflect: it is Umeyama's fit without reflection.
+    """
+    wsum = w.sum(1, keepdim=True).clamp_min(1e-12)                     # [N,1]
+    ms = (w[..., None] * src).sum(1) / wsum                             # [N,2]
+    md = (w[..., None] * dst).sum(1) / wsum
+    s = src - ms[:, None]
+    d = dst - md[:, None]
+    den = (w * (s ** 2).sum(-1)).sum(1).clamp_min(1e-12)
+    a = (w * (s[..., 0] * d[..., 0] + s[..., 1] * d[..., 1])).sum(1) / den
+    b = (w * (s[..., 0] * d[..., 1] - s[..., 1] * d[..., 0])).sum(1) / den
+    tx = md[:, 0] - (a * ms[:, 0] - b * ms[:, 1])
+    ty = md[:, 1] - (b * ms[:, 0] + a * ms[:, 1])
+    return torch.stack([torch.stack([a, -b, tx], -1), torch.stack([b, a, ty], -1)], 1)
+
+
+def _apply(aff: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
+    """Apply [...,2,3] affines to [...,P,2] points."""
+    return pts @ aff[..., :2].transpose(-1, -2) + aff[..., None, :, 2]
+
+
+def estimate_similarity(landmarks: torch.Tensor, template: Optional[torch.Tensor] = None,
+                        robust: bool = True) -> torch.Tensor:
+    """Similarity (rotation, uniform scale, translation) mapping landmarks -> template.
+
+    landmarks [N,P,2] (P >= 2, usually 5), template [P,2] or [N,P,2] (default: 512 FFHQ).
+    Returns [N,2,3] float32, frame pixels -> crop pixels.
+
+    ``robust=True`` mimics what OpenCV's LMEDS does for the reference, batched and exact:
+    every 2-point similarity (10 pairs for 5 points) is fitted in closed form, the pair with
+    the least median squared residual wins, points farther than 2.5 robust sigmas from it are
+    dropped, and the least-squares fit is redone on the remaining points. With 5 consistent
+    landmarks nothing is dropped and the result is the plain least-squares (Umeyama) fit; a
+    landmark off by about an eye distance is rejected, as OpenCV does (FACE_NETS 9.8).
+    """
+    out_dev = landmarks.device
+    lm = landmarks.detach().to(device="cpu", dtype=torch.float64)
+    if lm.dim() == 2:
+        lm = lm[None]
+    n, p = lm.shape[0], lm.shape[1]
+    tmpl = FFHQ_TEMPLATE_512 if template is None else template
+    tmpl = tmpl.detach().to(device=lm.device, dtype=torch.float64)
+    if tmpl.dim() == 2:
+        tmpl = tmpl[None].expand(n, p, 2)
+    if n == 0:
+        return torch.zeros(0, 2, 3, dtype=torch.float32, device=out_dev)
+    w = torch.ones(n, p, dtype=torch.float64, device=lm.device)
+    if robust and p >= 4:
+        ii, jj = torch.triu_indices(p, p, 1, device=lm.device)          # all point pairs
+        # Closed-form 2-point similarity: complex ratio z = (dst_j - dst_i) / (src_j - src_i).
+        ds = torch.complex(lm[:, jj, 0] - lm[:, ii, 0], lm[:, jj, 1] - lm[:, ii, 1])
+        dd = torch.complex(tmpl[:, jj, 0] - tmpl[:, ii, 0], tmpl[:, jj, 1] - tmpl[:, ii, 1])
+        z = dd / torch.where(ds.abs() > 1e-12, ds, torch.ones_like(ds))  # [N,K]
+        si = torch.complex(lm[:, ii, 0], lm[:, ii, 1])
+        di = torch.complex(tmpl[:, ii, 0], tmpl[:, ii, 1])
+        t = di - z * si
+        src_c = torch.complex(lm[..., 0], lm[..., 1])                     # [N,P]
+        dst_c = torch.complex(tmpl[..., 0], tmpl[..., 1])
+        res2 = (z[..., None] * src_c[:, None] + t[..., None] - dst_c[:, None]).abs() ** 2
+        res2 = torch.where((ds.abs() > 1e-12)[..., None], res2, torch.full_like(res2, math.inf))
+        med = res2.sort(-1).values[..., p // 2]                           # [N,K]
+        best = med.argmin(1)
+        med_best = med.gather(1, best[:, None])[:, 0]
+        r2_best = res2.gather(1, best[:, None, None].expand(n, 1, p))[:, 0]
+        sigma = _LMEDS_CONSISTENCY * (1.0 + 5.0 / (p - 2)) * med_best.sqrt()
+        # Floor the scale so float noise on a perfect fit never drops points.
+        span = (tmpl - tmpl.mean(1, keepdim=True)).norm(dim=-1).amax(1)
+        sigma = torch.maximum(sigma, 1e-6 * span)
+        keep = r2_best <= (_LMEDS_CUTOFF * sigma)[:, None] ** 2
+        ok = torch.isfinite(med_best) & (keep.sum(1) >= 2)
+        w = torch.where(ok[:, None], keep.to(torch.float64), w)
+    return _ls_similarity(lm, tmpl, w).to(device=out_dev, dtype=torch.float32)
+
+
+def invert_affine(affines: torch.Tensor) -> torch.Tensor:
+    """Inverse of [N,2,3] affines (computed in float64, returned float32 on their device)."""
+    return _invert64(affines).to(device=affines.device, dtype=torch.float32)
+
+
+def _invert64(affines: torch.Tensor) -> torch.Tensor:
+    """Inverse of [...,2,3] affines, float64 on the CPU."""
+    a = affines.detach().to(device="cpu", dtype=torch.float64)
+    lin = a[..., :2]
+    det = lin[..., 0, 0] * lin[..., 1, 1] - lin[..., 0, 1] * lin[..., 1, 0]
+    det = torch.where(det.abs() > 1e-300, det, torch.full_like(det, 1e-300))
+    inv = torch.stack([torch.stack([lin[..., 1, 1], -lin[..., 0, 1]], -1),
+                       torch.stack([-lin[..., 1, 0], lin[..., 0, 0]], -1)], -2) / det[..., None, None]
+    t = -(inv @ a[..., 2:3])
+    return torch.cat([inv, t], -1)
+
+
+def _roi_origin(lo: torch.Tensor, hi: torch.Tensor, limit: int) -> Tuple[torch.Tensor, int]:
+    """Common window length and per-face origins so every [lo, hi] (inclusive) fits, clipped.
+
+    The window stays inside [0, limit): a face partly outside the image needs no more than the
+    part that exists, and shifting a shorter window inward only adds pixels.
+    """
+    lo_c = lo.clamp(0, limit - 1)
+    hi_c = hi.clamp(0, limit - 1)
+    length = int((hi_c - lo_c + 1).clamp_min(1).max().item()) if lo.numel() else 1
+    length = min(max(length, 1), limit)
+    origin = torch.minimum(lo_c, torch.full_like(lo_c, limit - length))
+    return origin, length
+
+
+# PyTorch runs CPU ops on fewer elements than its intra-op grain size (32768) inline, without
+# waking the thread pool. Per-face window copies are split into such pieces: on a busy,
+# oversubscribed CPU every pool wake-up can cost a scheduler time slice (milliseconds).
+_CPU_GRAIN = 32767
+
+
+def row_chunks(h: int, row_elems: int, device) -> list:
+    """Row ranges covering 0..h; on CPU each holds fewer than the grain size of elements."""
+    if torch.device(device).type != "cpu":
+        return [(0, h)]
+    step = max(1, _CPU_GRAIN // max(1, row_elems))
+    return [(r, min(h, r + step)) for r in range(0, h, step)]
+
+
+def _window_grid(c: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
+    """grid [N,h,w,2] float32 on ``device`` with grid[n,y,x] = c[n] @ (x, y, 1).
+
+    c [N,2,3] float64 (CPU). Built from small per-row / per-column vectors (float64, then
+    float32) and one broadcast add per coordinate on the device: cheaper than F.affine_grid
+    and accurate, since the big offsets are folded in float64 first.
+    """
+    n = c.shape[0]
+    c = c.to(device="cpu", dtype=torch.float64)
+    xs = torch.arange(w, dtype=torch.float64)
+    ys = torch.arange(h, dtype=torch.float64)
+    grid = torch.empty(n, h, w, 2, device=device, dtype=torch.float32)
+    for k in range(2):
+        ax = (c[:, k, 0, None] * xs + c[:, k, 2, None]).to(device=device, dtype=torch.float32)
+        by = (c[:, k, 1, None] * ys).to(device=device, dtype=torch.float32)
+        torch.add(ax[:, None, :], by[:, :, None], out=grid[..., k])
+    return grid
+
+
+def _pixel_to_normalized(size_w: int, size_h: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """[2,3] map from pixel coordinates (centres at integers) to grid_sample's
+    align_corners=False normalised coordinates: (2 x + 1) / W - 1."""
+    return torch.tensor([[2.0 / size_w, 0.0, 1.0 / size_w - 1.0],
+                         [0.0, 2.0 / size_h, 1.0 / size_h - 1.0]], dtype=dtype, device=device)
+
+
+def _compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Affine a after b, both [...,2,3]."""
+    lin = a[..., :2] @ b[..., :2]
+    t = a[..., :2] @ b[..., 2:] + a[..., 2:]
+    return torch.cat([lin, t], -1)
+
+
+def warp_faces(frames: torch.Tensor, affines: torch.Tensor, frame_index: torch.Tensor,
+               size: int = 512, border_rgb: Sequence[float] = BORDER_RGB) -> torch.Tensor:
+    """Aligned crops [N,3,size,size] float32 from frames [B,3,H,W] (0..1) and frame->crop affines.
+
+    One bilinear grid_sample for all faces, OpenCV warpAffine semantics: crop pixel (u, v) samples
+    the frame at inverse(affine) @ (u, v, 1) with pixel centres at integer coordinates
+    (align_corners=False). Only each face's source window is gathered (a common size so it stays
+    one batched op), not whole frames. OpenCV gives every bilinear tap outside the frame the
+    constant ``border_rgb`` (0..255); since the tap weights sum to 1, sampling (window - border)
+    with zero padding and adding the border back is exactly that (only for faces that reach
+    past the frame edge).
+    """
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
+    if not frames.is_floating_point():
+        raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
+    dev = frames.device
+    n = int(affines.shape[0])
+    H, W = int(frames.shape[-2]), int(frames.shape[-1])
+    if n == 0:
+        return torch.zeros(0, 3, size, size, dtype=torch.float32, device=dev)
+    fidx = frame_index.to(device=dev, dtype=torch.long)
+    inv = _invert64(affines)                                              # crop -> frame, CPU
+    # Source window: bounding box of the sampled positions (crop pixel centres 0..size-1) +-1 tap.
+    corners = torch.tensor([[0.0, 0.0], [size - 1.0, 0.0], [0.0, size - 1.0],
+                            [size - 1.0, size - 1.0]], dtype=torch.float64)
+    pts = _apply(inv, corners[None])                                       # [N,4,2]
+    pmin, pmax = pts.amin(1), pts.amax(1)
+    lo = pmin.floor().clamp(-1e9, 1e9).long() - 1
+    hi = pmax.ceil().clamp(-1e9, 1e9).long() + 1
+    y0, h = _roi_origin(lo[:, 1], hi[:, 1], H)
+    x0, w = _roi_origin(lo[:, 0], hi[:, 0], W)
+    # A tap leaves the frame only if a sample position is outside [0, W-1] x [0, H-1].
+    outside = (pmin[:, 0] < 0) | (pmin[:, 1] < 0) | (pmax[:, 0] > W - 1) | (pmax[:, 1] > H - 1)
+    roi = torch.empty(n, 3, h, w, dtype=torch.float32, device=dev)
+    for i, (b, y, x) in enumerate(zip(fidx.tolist(), y0.tolist(), x0.tolist())):
+        for r0, r1 in row_chunks(h, 3 * w, dev):
+            roi[i, :, r0:r1].copy_(frames[b, :, y + r0:y + r1, x:x + w])
+    border = None
+    if bool(outside.any()):
+        bval = torch.tensor([float(v) / 255.0 for v in border_rgb], device=dev, dtype=torch.float32)
+        border = bval.view(1, 3, 1, 1) * outside.to(device=dev, dtype=torch.float32).view(n, 1, 1, 1)
+        roi = roi - border
+    shift = torch.zeros(n, 2, 3, dtype=torch.float64)
+    shift[:, 0, 0] = 1.0
+    shift[:, 1, 1] = 1.0
+    shift[:, 0, 2] = -x0.to(torch.float64)
+    shift[:, 1, 2] = -y0.to(torch.float64)
+    c = _compose(_pixel_to_normalized(w, h), _compose(shift, inv))
+    grid = _window_grid(c, size, size, dev)
+    crops = F.grid_sample(roi, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if border is not None:
+        crops += border
+    return crops
+
+
+def _max_channel_gap(frames: torch.Tensor) -> torch.Tensor:
+    """[B] largest |G - R| or |B - G| over all pixels."""
+    lo, hi = torch.aminmax(torch.diff(frames, dim=1).flatten(1), dim=1)
+    return torch.maximum(-lo, hi)
+
+
+def detect_gray_frames(frames: torch.Tensor, tol: float = 2.0 / 255.0) -> torch.Tensor:
+    """[B] bool: every pixel has R, G, B within ``tol`` of each other (a grey photo).
+
+    A small tolerance keeps grey JPEGs (chroma rounding noise) grey; sepia or tinted photos are
+    not grey and keep their colour. Exact, but cheap for colour frames: a 1/64 subsample
+    settles them; only frames that look grey there get the full check.
+    """
+    b = frames.shape[0]
+    if b == 0:
+        return torch.zeros(0, dtype=torch.bool, device=frames.device)
+    f = frames.detach()
+    gray = _max_channel_gap(f[:, :, ::8, ::8]) <= tol
+    cand = torch.nonzero(gray).flatten().tolist()
+    for i in cand:  # one frame at a time: no batch-sized temporary
+        gray[i] = bool(_max_channel_gap(f[i:i + 1])[0] <= tol)
+    return gray
+
+
+def align_faces(frames: torch.Tensor, landmarks: torch.Tensor, frame_index: torch.Tensor,
+                boxes: Optional[torch.Tensor] = None, scores: Optional[torch.Tensor] = None,
+                size: int = 512, gray: Union[None, bool, torch.Tensor] = None,
+                robust: bool = True) -> FaceBatch:
+    """Fit, warp and package all faces of a frame batch as a FaceBatch.
+
+    landmarks [N,5,2] frame pixels (eyes image-left/right, nose, mouth corners); frame_index [N].
+    ``boxes`` default to the frame-space footprint of each crop square (no detector box known);
+    ``scores`` default to 1. ``gray``: None detects grey frames (detect_gray_frames), a bool
+    applies to every face, a [N] tensor is per face.
+    """
+    dev = frames.device
+    B, _, H, W = frames.shape
+    lm = landmarks.detach().to(device=dev, dtype=torch.float32).reshape(-1, 5, 2)
+    n = lm.shape[0]
+    frame_index = torch.as_tensor(frame_index, device=dev).to(torch.long).reshape(n)
+    if n and (int(frame_index.min()) < 0 or int(frame_index.max()) >= B):
+        raise ValueError("frame_index out of range")
+    affines = estimate_similarity(lm, template_for(size, torch.float64), robust=robust)
+    inverse = invert_affine(affines)
+    crops = warp_faces(frames, affines, frame_index, size=size)
+    if boxes is None:
+        sq = torch.tensor([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]],
+                          dtype=torch.float32, device=dev) - 0.5
+        pts = _apply(inverse, sq[None])
+        boxes = torch.cat([pts.amin(1), pts.amax(1)], -1)
+    boxes = boxes.detach().to(device=dev, dtype=torch.float32).reshape(n, 4)
+    scores = (torch.ones(n, device=dev) if scores is None
+              else scores.detach().to(device=dev, dtype=torch.float32).reshape(n))
+    if gray is None:
+        g = detect_gray_frames(frames)[frame_index] if n else torch.zeros(0, dtype=torch.bool, device=dev)
+    elif isinstance(gray, bool):
+        g = torch.full((n,), gray, dtype=torch.bool, device=dev)
+    else:
+        g = torch.as_tensor(gray, device=dev).to(torch.bool).reshape(n)
+    return FaceBatch(crops=crops, affines=affines, inverse_affines=inverse,
+                     frame_index=frame_index, boxes=boxes, scores=scores, landmarks=lm,
+                     frame_size=(int(H), int(W)), num_frames=int(B), gray=g)

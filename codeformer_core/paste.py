@@ -1,0 +1,482 @@
+"""Batched paste-back of restored face crops into (optionally upscaled) frames.
+
+Written from FACE_NETS.md sections 5, 6 and 9.7 (facexlib 0.3.0 recipe). Everything runs as a
+few batched tensor ops on the frames' device:
+
+* each face is inverse-warped only over its own window of the output (a common window size for
+  all faces, so one grid_sample covers every face of the batch), never over the whole frame;
+* the warped "ones" mask is computed in closed form (bilinear coverage), erosions are separable
+  sliding minima (log-doubling of shifted slices), the Gaussian feather is a separable grouped
+  convolution with per-face kernels and reflect-101 borders at the image edges;
+* only the final blend touches the output frames, in place, face by face.
+
+Overlapping faces of one frame are composited in face order (the order of ``faces``, i.e.
+detection order, as the reference's loop does): later faces are drawn on top.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+
+from .align import (_apply, _compose, _invert64, _pixel_to_normalized, _roi_origin,
+                    _window_grid, row_chunks)
+from .faces import FaceBatch
+
+__all__ = ["paste_faces", "paste_affines", "parse_labels_to_masks", "resize_lanczos4", "resize_frames",
+           "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d", "to_luminance"]
+
+# facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (FACE_NETS §5).
+PARSE_LABEL_WEIGHTS = (0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 0, 255,
+                       0, 0, 0)
+
+# OpenCV replaces the sigma formula by these fixed kernels for ksize <= 9 (FACE_NETS §9.7).
+_FIXED_GAUSS = {
+    1: (1.0,),
+    3: (1.0, 2.0, 1.0),
+    5: (1.0, 4.0, 6.0, 4.0, 1.0),
+    7: (1.0, 3.5, 7.0, 9.0, 7.0, 3.5, 1.0),
+    9: (2.0, 6.5, 15.0, 25.5, 30.0, 25.5, 15.0, 6.5, 2.0),
+}
+
+_LUMA = (0.299, 0.587, 0.114)  # BT.601, sums to 1 so a grey face stays exactly grey
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+def gaussian_kernel_1d(ksize: int, sigma: Optional[float] = None) -> torch.Tensor:
+    """OpenCV's 1-D Gaussian (float64): fixed kernels for ksize <= 9 when sigma is derived."""
+    if ksize % 2 != 1 or ksize < 1:
+        raise ValueError(f"ksize must be odd and positive, got {ksize}")
+    if (sigma is None or sigma <= 0) and ksize in _FIXED_GAUSS:
+        k = torch.tensor(_FIXED_GAUSS[ksize], dtype=torch.float64)
+        return k / k.sum()
+    if sigma is None or sigma <= 0:
+        sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
+    x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
+    k = torch.exp(-(x * x) / (2.0 * sigma * sigma))
+    return k / k.sum()
+
+
+def _reflect101_index(n: int, lo: int, hi: int, device) -> torch.Tensor:
+    """Source indices for padding a length-n axis by (lo, hi) with OpenCV's reflect-101 border.
+
+    Works for any pad width (repeated reflection), unlike F.pad's "reflect".
+    """
+    i = torch.arange(-lo, n + hi, device=device)
+    if n == 1:
+        return torch.zeros_like(i)
+    period = 2 * n - 2
+    j = torch.remainder(i, period)
+    return torch.where(j >= n, period - j, j)
+
+
+def _sep_blur(x: torch.Tensor, kernels: torch.Tensor,
+              reflect_sides: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Separable blur of x [N,1,H,W] with per-face odd kernels [N,K] (centred).
+
+    Borders are OpenCV's reflect-101. ``reflect_sides`` [N,4] bool (top, bottom, left, right)
+    marks which window sides are real image edges; the other sides are padded with the window's
+    own edge pixel, which must be 0 there (a paste window holds the whole mask with a margin, so
+    the image beyond it is 0 too, as zero padding would give). Both axes are padded by one
+    gather (padding rows commutes with filtering along rows), then two grouped convolutions.
+    """
+    n, _, h, w = x.shape
+    K = kernels.shape[1]
+    if K == 1:
+        return x * kernels.view(n, 1, 1, 1).to(x.dtype)
+    p = K // 2
+    wk = kernels.to(x.dtype)
+    dev = x.device
+    ri = _reflect101_index(h, p, p, dev)[None].repeat(n, 1)               # [N,h+2p]
+    ci = _reflect101_index(w, p, p, dev)[None].repeat(n, 1)
+    if reflect_sides is not None:
+        rs = reflect_sides.to(dev)
+        ri[:, :p] *= rs[:, 0:1].long()                                     # edge row 0 (zero)
+        ri[:, h + p:] = torch.where(rs[:, 1:2], ri[:, h + p:], torch.full_like(ri[:, h + p:], h - 1))
+        ci[:, :p] *= rs[:, 2:3].long()
+        ci[:, w + p:] = torch.where(rs[:, 3:4], ci[:, w + p:], torch.full_like(ci[:, w + p:], w - 1))
+    b = torch.arange(n, device=dev)[:, None, None]
+    xi = x[:, 0][b, ri[:, :, None], ci[:, None, :]]                         # [N,h+2p,w+2p]
+    y = F.conv2d(xi[None], wk.view(n, 1, 1, K), groups=n)                   # [1,N,h+2p,w]
+    y = F.conv2d(y, wk.view(n, 1, K, 1), groups=n)                          # [1,N,h,w]
+    return y.reshape(n, 1, h, w)
+
+
+def _sliding_min(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
+    """Minimum over k consecutive entries along dim (output shorter by k - 1).
+
+    Windows of length p double by min(e[i], e[i + p]); two overlapping power-of-two windows
+    then cover any k: log2(k) + 1 elementwise minima instead of a k-wide pool.
+    """
+    e, p = x, 1
+    while 2 * p <= k:
+        L = e.shape[dim] - p
+        e = torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, p, L))
+        p *= 2
+    if p < k:
+        L = e.shape[dim] - (k - p)
+        e = torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, k - p, L))
+    return e
+
+
+def _erode_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    a, b = k // 2, k - 1 - k // 2
+    x = F.pad(x, (a, b, a, b), value=float("inf"))
+    return _sliding_min(_sliding_min(x, k, 3), k, 2)
+
+
+def _erode(x: torch.Tensor, k: Union[int, torch.Tensor]) -> torch.Tensor:
+    """Grey erosion of x [N,1,H,W] by an all-ones k x k square, OpenCV anchor (k//2, k//2).
+
+    The window of output y covers rows y - k//2 .. y + k - 1 - k//2 (one more row above than
+    below for even k), same for columns; pixels outside the array are ignored (+inf border),
+    which is exact for paste windows: they end either at the image edge or in zeros.
+    ``k`` may differ per face (faces sharing a size are eroded together).
+    """
+    n = x.shape[0]
+    if isinstance(k, int):
+        return x if k <= 1 else _erode_k(x, k)
+    kl = torch.as_tensor(k).reshape(-1).expand(n).tolist()
+    uniq = sorted(set(kl))
+    if len(uniq) == 1:
+        return x if uniq[0] <= 1 else _erode_k(x, uniq[0])
+    out = torch.empty_like(x)
+    for kv in uniq:
+        sel = torch.tensor([i for i, kk in enumerate(kl) if kk == kv], device=x.device)
+        out[sel] = x[sel] if kv <= 1 else _erode_k(x[sel], kv)
+    return out
+
+
+def to_luminance(rgb: torch.Tensor) -> torch.Tensor:
+    """[N,3,H,W] -> same shape with R = G = B = BT.601 luma (a grey photo stays grey)."""
+    c = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
+    return (rgb * c).sum(1, keepdim=True).expand_as(rgb).contiguous()
+
+
+# ----------------------------------------------------------------------------- resizing
+
+def _lanczos4_weights(fx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """OpenCV INTER_LANCZOS4 taps for source positions fx: first tap index floor(fx) - 3 and
+    8 weights sinc(d) sinc(d / 4) (d = distance to the tap), normalised to sum 1."""
+    sx = torch.floor(fx)
+    t = fx - sx
+    taps = torch.arange(-3, 5, dtype=torch.float64, device=fx.device)
+    dist = t[:, None] - taps[None, :]
+    wgt = torch.sinc(dist) * torch.sinc(dist / 4.0)
+    return sx.long() - 3, wgt / wgt.sum(1, keepdim=True)
+
+
+def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int) -> torch.Tensor:
+    """Lanczos-4 along one axis of a 4-D tensor, like cv2.resize: output d samples the input
+    at (d + 0.5) * in/out - 0.5, borders replicated.
+
+    When in/out reduces to Q/P with a small P (2x, 1.5x, ...), output P*j + r always uses the
+    same 8 weights on inputs Q*j + const: 8 scalar multiply-adds of strided slices per phase r,
+    interleaved at the end. Other ratios gather 8 taps per output.
+    """
+    in_n = x.shape[dim]
+    if in_n == out_n:
+        return x
+    dev = x.device
+    g = math.gcd(in_n, out_n)
+    P, Q = out_n // g, in_n // g
+    if P <= 16:
+        d = torch.arange(P, dtype=torch.float64)
+        first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
+        lo = max(0, -int(first.min()))
+        hi = max(0, Q * (g - 1) + int(first.max()) + 7 - (in_n - 1))
+        pad = (lo, hi, 0, 0) if dim == 3 else (0, 0, lo, hi)
+        xp = F.pad(x, pad, mode="replicate") if (lo or hi) else x
+        phases = []
+        for r in range(P):
+            acc = None
+            for k in range(8):
+                sl = [slice(None)] * 4
+                st = int(first[r]) + k + lo
+                sl[dim] = slice(st, st + Q * (g - 1) + 1, Q)
+                v = xp[tuple(sl)]
+                wk = float(wgt[r, k])
+                acc = v * wk if acc is None else acc.add_(v, alpha=wk)
+            phases.append(acc)
+        y = torch.stack(phases, dim + 1)
+        shape = list(x.shape)
+        shape[dim] = out_n
+        return y.reshape(shape)
+    if dim == 3:  # work on rows: transpose, resize dim 2, transpose back
+        return _lanczos4_axis(x.transpose(2, 3), 2, out_n).transpose(2, 3)
+    # Blocked banded matmul: each block of 32 output rows reads a short run of input rows, so
+    # one bmm of [blocks, 32, run] weights with the gathered runs does the whole axis.
+    d = torch.arange(out_n, dtype=torch.float64)
+    first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
+    bo = 32
+    nb = -(-out_n // bo)
+    pad_o = nb * bo - out_n
+    first = torch.cat([first, first[-1:].expand(pad_o)])
+    wgt = torch.cat([wgt, torch.zeros(pad_o, 8, dtype=wgt.dtype)])
+    fb = first.view(nb, bo)
+    start = fb[:, 0]
+    run = int((fb[:, -1] + 8 - start).max())
+    cols = (fb - start[:, None])[..., None] + torch.arange(8)                 # [nb,bo,8]
+    wb = torch.zeros(nb, bo, run, dtype=torch.float64)
+    wb.scatter_add_(2, cols, wgt.view(nb, bo, 8))
+    rows = (start[:, None] + torch.arange(run)).clamp(0, in_n - 1)           # replicate border
+    B, C, _, W = x.shape
+    xr = x.permute(2, 0, 1, 3).reshape(in_n, B * C * W)
+    xb = xr.index_select(0, rows.flatten().to(dev)).view(nb, run, B * C * W)
+    y = torch.bmm(wb.to(device=dev, dtype=x.dtype), xb)                      # [nb,bo,N]
+    y = y.view(nb * bo, B, C, W)[:out_n]
+    return y.permute(1, 2, 0, 3)
+
+
+def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Lanczos-4 resize of [B,C,H,W] float like cv2.resize(INTER_LANCZOS4), clamped to 0..1
+    (the reference resizes uint8, which saturates)."""
+    xf = x.to(torch.float32) if x.dtype not in (torch.float32, torch.float64) else x
+    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h), 3, out_w)
+    return y.clamp_(0.0, 1.0).to(x.dtype).contiguous()
+
+
+def resize_frames(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+    """Background resize: Lanczos-4 (the reference) when enlarging; antialiased bicubic when
+    shrinking, where the reference's Lanczos-4 would alias."""
+    if x.shape[-2:] == (out_h, out_w):
+        return x
+    if out_h >= x.shape[-2] and out_w >= x.shape[-1]:
+        return resize_lanczos4(x, out_h, out_w)
+    y = F.interpolate(x.to(torch.float32), size=(out_h, out_w), mode="bicubic",
+                      align_corners=False, antialias=True)
+    return y.clamp_(0.0, 1.0).to(x.dtype)
+
+
+# ----------------------------------------------------------------------------- parse masks
+
+def parse_labels_to_masks(labels: torch.Tensor) -> torch.Tensor:
+    """ParseNet label maps [N,S,S] (int) -> paste weights [N,1,S,S] float32 in 0..1.
+
+    FACE_NETS §5: per-label weight (0/255) -> Gaussian 101x101, sigma 11, twice, reflect-101
+    -> a 10-pixel band on all sides set to 0 -> /255. The soft edge keeps hair and background
+    of the original while the face blends in.
+    """
+    if labels.dim() == 2:
+        labels = labels[None]
+    lab = labels.long()
+    table = torch.tensor(PARSE_LABEL_WEIGHTS, dtype=torch.float32, device=lab.device)
+    m = table[lab.clamp(0, len(PARSE_LABEL_WEIGHTS) - 1)][:, None]       # [N,1,H,W]
+    n = m.shape[0]
+    if n == 0:
+        return m
+    k = gaussian_kernel_1d(101, 11.0).to(device=m.device, dtype=torch.float32)
+    kern = k[None].expand(n, -1)
+    m = _sep_blur(_sep_blur(m, kern), kern)
+    h, w = m.shape[-2:]
+    band = torch.zeros(h, w, dtype=torch.bool, device=m.device)
+    band[10:h - 10, 10:w - 10] = True
+    return (m * band) / 255.0
+
+
+# ----------------------------------------------------------------------------- paste
+
+def _color_match(restored: torch.Tensor, original: torch.Tensor,
+                 weights: torch.Tensor) -> torch.Tensor:
+    """Match per-channel mean/std of restored to original inside ``weights`` [N,1,S,S]."""
+    wsum = weights.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    def stats(x):
+        mu = (x * weights).sum((2, 3), keepdim=True) / wsum
+        var = ((x - mu) ** 2 * weights).sum((2, 3), keepdim=True) / wsum
+        return mu, var.clamp_min(1e-10).sqrt()
+    mr, sr = stats(restored)
+    mo, so = stats(original)
+    return ((restored - mr) / sr * so + mo).clamp(0.0, 1.0)
+
+
+def _face_ellipse(n: int, size: int, device) -> torch.Tensor:
+    """Central face region of an FFHQ-aligned crop (brows to chin, cheek to cheek)."""
+    c = torch.arange(size, device=device, dtype=torch.float32) * (512.0 / size)
+    e = ((c[None, :] - 256.0) / 120.0) ** 2 + ((c[:, None] - 300.0) / 150.0) ** 2
+    return (e <= 1.0).to(torch.float32)[None, None].expand(n, 1, size, size)
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.device == b.device and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+
+
+def _as_per_face(v, n: int, device) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32, device=device).reshape(-1)
+    return t.expand(n) if t.numel() == 1 else t.reshape(n)
+
+
+def paste_affines(inverse_affines: torch.Tensor, upscale: float = 1.0, crop_size: int = 512,
+                  restored_size: Optional[int] = None) -> torch.Tensor:
+    """Restored-crop pixels -> output pixels, [N,2,3] float64 (CPU), as the reference pastes.
+
+    The upscale-1 inverse is multiplied (all six entries) by ``upscale``; only when upscale > 1
+    is 0.5 * upscale added to the translation (facexlib's convention, which the goldens follow;
+    the exact pixel-centre shift would be 0.5 * upscale - 0.5). A restored crop of another size
+    than the aligned one is first mapped onto it pixel centre to pixel centre.
+    """
+    inv = inverse_affines.detach().to(device="cpu", dtype=torch.float64)
+    if restored_size is not None and int(restored_size) != int(crop_size):
+        r = crop_size / restored_size
+        pre = torch.tensor([[r, 0.0, 0.5 * r - 0.5], [0.0, r, 0.5 * r - 0.5]],
+                           dtype=torch.float64)
+        inv = _compose(inv, pre)
+    inv = inv * float(upscale)
+    if upscale > 1:
+        inv[..., 2] += 0.5 * float(upscale)
+    return inv
+
+
+def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
+                upscale: float = 1.0, background: Optional[torch.Tensor] = None,
+                background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                parse_masks: Optional[torch.Tensor] = None,
+                visibility: Union[float, torch.Tensor] = 1.0, color_match: bool = False,
+                feather: Optional[int] = None, keep_gray: bool = True,
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Paste restored crops back; returns (frames [B,3,Hs,Ws], mask [B,1,Hs,Ws]).
+
+    Hs, Ws = int(H * upscale), int(W * upscale). Background: ``background`` (resized if its size
+    differs), else ``background_upscaler(frames)`` when upscale != 1, else a Lanczos-4 resize
+    (identity at upscale 1). The crop -> output map is faces.inverse_affines * upscale, plus
+    0.5 * upscale on the translation only when upscale > 1 (the reference's convention).
+
+    Square mode (no parse_masks), per face: warped ones mask -> erode int(2s) -> face * mask,
+    area -> w_edge = int(sqrt(area)) // 20 (or ``feather``) -> erode 2*w_edge (3x3 when 0) ->
+    Gaussian (2*w_edge+1) -> blend. Parse mode: the blend weight is the inverse-warped parse
+    mask [N,1,S,S] (see parse_labels_to_masks) and the face is not multiplied by a square mask.
+    ``visibility`` (scalar or [N]) scales the blend weight. ``keep_gray`` turns faces whose
+    ``faces.gray`` is set into luminance; ``color_match`` transfers the original crop's
+    per-channel mean/std (inside the parse mask or a central face ellipse) to the restored one.
+    The returned mask is the union of the soft masks, 1 - prod(1 - soft_i): the share of each
+    output pixel that comes from restored faces.
+    """
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
+    dev = frames.device
+    B, _, H, W = frames.shape
+    if B != faces.num_frames:
+        raise ValueError(f"faces were aligned on {faces.num_frames} frames, got {B}")
+    if (int(H), int(W)) != tuple(faces.frame_size):
+        raise ValueError(f"faces were aligned on frames of size {faces.frame_size}, got {(H, W)}")
+    s = float(upscale)
+    if not s > 0:
+        raise ValueError("upscale must be > 0")
+    Hs, Ws = int(H * s), int(W * s)
+    if not frames.is_floating_point():
+        raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
+    out_dtype = frames.dtype
+
+    # ---- background
+    if background is not None:
+        bg = background.to(device=dev, dtype=out_dtype)
+        if bg.shape[0] != B or bg.shape[1] != 3:
+            raise ValueError(f"background must be [B,3,Hs,Ws], got {tuple(bg.shape)}")
+        out = resize_frames(bg, Hs, Ws)
+    elif (Hs, Ws) == (H, W):
+        out = frames.to(out_dtype)
+    elif background_upscaler is not None:
+        out = resize_frames(background_upscaler(frames).to(device=dev, dtype=out_dtype), Hs, Ws)
+    else:
+        out = resize_frames(frames.to(out_dtype), Hs, Ws)
+    if _shares_memory(out, frames) or (background is not None and _shares_memory(out, background)):
+        out = out.clone(memory_format=torch.contiguous_format)  # never write into the caller's
+    out = out.contiguous()
+    mask_out = torch.zeros(B, 1, Hs, Ws, dtype=torch.float32, device=dev)
+    n = len(faces)
+    if n == 0:
+        return out, mask_out
+
+    # ---- crops to paste (crop space): gray / colour handling happen before warping
+    rest = faces.crops if restored is None else restored
+    if rest.shape[0] != n:
+        raise ValueError(f"expected {n} restored crops, got {rest.shape[0]}")
+    rest = rest.to(device=dev, dtype=torch.float32)
+    Sr = int(rest.shape[-1])
+    pm = None
+    if parse_masks is not None:
+        pm = parse_masks.to(device=dev, dtype=torch.float32).reshape(n, 1, *parse_masks.shape[-2:])
+        if pm.shape[-1] != Sr or pm.shape[-2] != Sr:
+            pm = F.interpolate(pm, size=(Sr, Sr), mode="bilinear", align_corners=False)
+    if color_match:
+        orig = faces.crops.to(device=dev, dtype=torch.float32)
+        if orig.shape[-1] != Sr:
+            orig = F.interpolate(orig, size=(Sr, Sr), mode="bilinear", align_corners=False)
+        wts = pm if pm is not None else _face_ellipse(n, Sr, dev)
+        rest = _color_match(rest, orig, wts)
+    if keep_gray and faces.gray is not None and bool(faces.gray.any()):
+        g = faces.gray.to(dev).view(n, 1, 1, 1)
+        rest = torch.where(g, to_luminance(rest), rest)
+    src = rest if pm is None else torch.cat([rest, pm], 1)
+
+    # ---- geometry (float64): restored-crop pixels <-> output pixels
+    inv = paste_affines(faces.inverse_affines, s, faces.crop_size, Sr)   # CPU float64
+    fwd = _invert64(inv)                                   # output pixels -> restored crop pixels
+    # The warped mask is non-zero where the crop position lies in (-1, Sr); the soft mask can
+    # reach one pixel further (even erosion anchor, whatever the feather); 3 pixels of margin
+    # cover both and keep the window's edge pixels 0 (the blur pads interior sides with them).
+    margin = 3
+    corners = torch.tensor([[-1.0, -1.0], [Sr, -1.0], [-1.0, Sr], [Sr, Sr]], dtype=torch.float64)
+    pts = _apply(inv, corners[None])
+    lo = pts.amin(1).floor().clamp(-1e9, 1e9).long() - margin
+    hi = pts.amax(1).ceil().clamp(-1e9, 1e9).long() + margin
+    y0, h = _roi_origin(lo[:, 1], hi[:, 1], Hs)
+    x0, w = _roi_origin(lo[:, 0], hi[:, 0], Ws)
+    reflect_sides = torch.stack([y0 == 0, y0 + h == Hs, x0 == 0, x0 + w == Ws], 1).to(dev)
+
+    # ---- one warp for all faces (face pixels, plus the parse mask as a 4th channel)
+    shift = torch.zeros(n, 2, 3, dtype=torch.float64)
+    shift[:, 0, 0] = 1.0
+    shift[:, 1, 1] = 1.0
+    shift[:, 0, 2] = x0.to(torch.float64)
+    shift[:, 1, 2] = y0.to(torch.float64)
+    c = _compose(_pixel_to_normalized(Sr, Sr), _compose(fwd, shift))
+    grid = _window_grid(c, h, w, dev)                         # normalised crop coordinates
+    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    face = warped[:, :3].clamp_(0.0, 1.0)  # restored crops may overshoot (network output)
+    if pm is not None:
+        soft = warped[:, 3:4]
+        pasted = face
+    else:
+        # Warped ones image in closed form: per axis the in-range bilinear weights sum to
+        # clamp(min(u + 1, Sr - u), 0, 1) = clamp(0.5 + Sr/2 * (1 - |g|), 0, 1), g normalised.
+        half = Sr / 2.0
+        cov = torch.add(torch.full((), half + 0.5, device=dev), grid.abs(), alpha=-half).clamp_(0.0, 1.0)
+        m = (cov[..., 0] * cov[..., 1])[:, None]
+        m1 = _erode(m, max(int(2 * s), 1))
+        pasted = face * m1
+        if feather is None:
+            area = m1.sum((1, 2, 3))
+            w_edge = torch.floor(torch.sqrt(area)).long() // 20
+        else:
+            w_edge = torch.full((n,), int(feather), dtype=torch.long, device=dev)
+        # OpenCV turns the empty kernel of w_edge = 0 into a 3x3 square (FACE_NETS 9.7).
+        m2 = _erode(m1, torch.where(w_edge == 0, torch.full_like(w_edge, 3), 2 * w_edge))
+        ks = (2 * w_edge + 1).tolist()
+        K = max(ks)
+        kern = torch.zeros(n, K, dtype=torch.float64)
+        cache = {}
+        for i, kz in enumerate(ks):
+            if kz not in cache:
+                cache[kz] = gaussian_kernel_1d(kz)
+            off = (K - kz) // 2
+            kern[i, off:off + kz] = cache[kz]
+        soft = _sep_blur(m2, kern.to(device=dev, dtype=torch.float32), reflect_sides)
+    soft = soft.clamp(0.0, 1.0)  # float sums of the blur can land a hair above 1
+    vis = _as_per_face(visibility, n, dev)
+    if not bool((vis == 1).all()):
+        soft = soft * vis.view(n, 1, 1, 1)
+
+    # ---- composite in face order, in place on each face's window
+    pasted = pasted.to(out.dtype)
+    soft_o = soft.to(out.dtype)
+    ones = torch.ones((), device=dev, dtype=torch.float32).expand(1, h, w)
+    chunks = row_chunks(h, 3 * w, dev)
+    for i, (b, y, x) in enumerate(zip(faces.frame_index.tolist(), y0.tolist(), x0.tolist())):
+        for r0, r1 in chunks:
+            out[b, :, y + r0:y + r1, x:x + w].lerp_(pasted[i, :, r0:r1], soft_o[i, :, r0:r1])
+            # union 1 - (1 - m)(1 - soft) = lerp(m, 1, soft)
+            mask_out[b, :, y + r0:y + r1, x:x + w].lerp_(ones[:, r0:r1], soft[i, :, r0:r1])
+    return out, mask_out
