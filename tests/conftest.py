@@ -93,3 +93,7 @@ def synthetic_model(golden):
             cache[variant] = load_model({"params_ema": golden(variant).state_dict()}, device="cpu")
         return cache[variant]
     return get
+
+
+# Node-layer fixtures (ComfyUI stand-ins, synthetic models folder); see tests/node_fixtures.py.
+from node_fixtures import astronaut_image, comfy, comfy_models_dir  # noqa: E402,F401
