@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .cpu_memory import retain_freed_memory
+
 Tensor = torch.Tensor
 
 GROUPNORM_EPS = 1e-6
@@ -62,22 +64,44 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 
 
 def _norm_float32(norm: nn.Module, x: Tensor) -> Tensor:
-    """Normalise with float32 statistics over a contiguous tensor.
+    """Normalise with accurate float32 statistics, in the caller's layout and dtype.
 
     Half-precision statistics drift, and PyTorch's channels-last GroupNorm kernel on CPU is
-    ~30x less accurate than the contiguous one (outside the golden tolerance), so the norm
-    runs on a contiguous float32 copy and the result goes back to the caller's layout/dtype.
+    ~30x less accurate than the contiguous one (outside the golden tolerance), so channels-last
+    float32 input goes through ``_group_norm_channels_last`` and half input through a float32 copy.
     """
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     if x.dtype == torch.float32 and not channels_last:
         return norm(x)
-    xf = x.float().contiguous()
     if isinstance(norm, nn.GroupNorm):
-        y = F.group_norm(xf, norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps)
+        if x.dtype == torch.float32:
+            return _group_norm_channels_last(x, norm)
+        y = F.group_norm(x.float().contiguous(), norm.num_groups, norm.weight.float(), norm.bias.float(), norm.eps)
     else:
-        y = F.layer_norm(xf, norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
+        y = F.layer_norm(x.float(), norm.normalized_shape, norm.weight.float(), norm.bias.float(), norm.eps)
     y = y.to(x.dtype)
     return y.to(memory_format=torch.channels_last) if channels_last else y
+
+
+def _group_norm_channels_last(x: Tensor, norm: nn.GroupNorm) -> Tensor:
+    """GroupNorm on a channels-last tensor without a layout round trip.
+
+    Per-channel mean/variance (a stable reduction over positions, contiguous in memory) are
+    combined into group statistics with the law of total variance, then one fused
+    multiply-add applies normalisation and affine together.
+    """
+    b, c, h, w = x.shape
+    g = norm.num_groups
+    flat = x.permute(0, 2, 3, 1).reshape(b, h * w, c)  # a view: channels-last memory is [B,H,W,C]
+    var_c, mean_c = torch.var_mean(flat, dim=1, unbiased=False)
+    var_c, mean_c = var_c.view(b, g, c // g), mean_c.view(b, g, c // g)
+    mean_g = mean_c.mean(-1, keepdim=True)
+    var_g = var_c.mean(-1, keepdim=True) + (mean_c - mean_g).square().mean(-1, keepdim=True)
+    rstd = torch.rsqrt(var_g + norm.eps)
+    weight, bias = norm.weight.view(1, g, c // g), norm.bias.view(1, g, c // g)
+    scale = (rstd * weight).view(b, 1, c)
+    shift = (bias - mean_g * rstd * weight).view(b, 1, c)
+    return torch.addcmul(shift, flat, scale).view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 class ResBlock(nn.Module):
@@ -92,10 +116,10 @@ class ResBlock(nn.Module):
             self.conv_out = nn.Conv2d(in_channels, out_channels, 1)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.conv1(F.silu(_norm_float32(self.norm1, x)))
-        h = self.conv2(F.silu(_norm_float32(self.norm2, h)))
-        skip = self.conv_out(x) if hasattr(self, "conv_out") else x
-        return skip + h
+        # in-place activations and sum: the norm/conv outputs are fresh tensors (fewer passes)
+        h = self.conv1(F.silu(_norm_float32(self.norm1, x), inplace=True))
+        h = self.conv2(F.silu(_norm_float32(self.norm2, h), inplace=True))
+        return h.add_(self.conv_out(x) if hasattr(self, "conv_out") else x)
 
 
 class AttnBlock(nn.Module):
@@ -209,7 +233,8 @@ class FuseBlock(nn.Module):
 
     def forward(self, enc: Tensor, dec: Tensor, w: Tensor) -> Tensor:
         h = self.encode_enc(torch.cat([enc, dec], dim=1))
-        return dec + w * (dec * self.scale(h) + self.shift(h))
+        residual = self.scale(h).mul_(dec).add_(self.shift(h))  # dec * scale + shift, in place
+        return residual.mul_(w).add_(dec)
 
 
 class PackedSelfAttention(nn.Module):
@@ -272,6 +297,8 @@ class CodeFormer(nn.Module):
     input), a float or a per-sample [B] tensor; ``None`` and ``adain=None`` mean the
     variant's defaults. Returns the raw (unclamped) output, or ``(out, logits, idx)``.
     """
+
+    retain_cpu_memory = True  # see cpu_memory.py; off only for the benchmark's naive baseline
 
     def __init__(self, variant: Union[str, VariantConfig] = "restoration"):
         super().__init__()
@@ -376,6 +403,12 @@ class CodeFormer(nn.Module):
                 return_codes: bool = False):
         if x.dim() != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected input [B,3,{IMAGE_SIZE},{IMAGE_SIZE}], got {list(x.shape)}")
+        if x.device.type == "cpu" and self.retain_cpu_memory:
+            with retain_freed_memory():
+                return self._forward(x, w, adain, return_codes)
+        return self._forward(x, w, adain, return_codes)
+
+    def _forward(self, x: Tensor, w: WeightArg, adain: Optional[bool], return_codes: bool):
         adain = self.config.default_adain if adain is None else adain
         w_t, fuse = self._weights(w, x.shape[0], x.device)
         fuse = fuse and len(self.fuse_convs_dict) > 0

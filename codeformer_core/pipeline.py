@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from .align import align_faces, warp_faces
+from .cpu_memory import retain_freed_memory
 from .detection import Detections, FaceDetector
 from .faces import FaceBatch
 from .paste import paste_faces, parse_labels_to_masks, to_luminance
@@ -168,32 +169,30 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
     total = n if total is None else total
     param = next(model.parameters())
     out = torch.empty(n, 3, MODEL_SIZE, MODEL_SIZE, device=crops.device, dtype=torch.float32)
-    if n == 0:
-        return out
-    w_all = None if w is None or not isinstance(w, Tensor) else w.to(torch.float32).reshape(-1)
+    w_all = w.to(torch.float32).reshape(-1) if isinstance(w, Tensor) else None
     start, step = 0, max(1, int(batch_size))
-    while start < n:
-        if check_interrupt is not None:
-            check_interrupt()
-        stop = min(n, start + step)
-        x = crops[start:stop].to(param.device, torch.float32, non_blocking=True)
-        if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
-            x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
-                              antialias=True)
-        wb = w_all[start:stop] if w_all is not None else w
-        try:
-            with torch.inference_mode():
-                y = model(x * 2 - 1, w=wb, adain=adain)
-        except torch.OutOfMemoryError:
-            if step == 1:
-                raise
-            step = max(1, step // 2)
-            _empty_cache(param.device)
-            continue
-        out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
-        start = stop
-        if progress is not None:
-            progress(done_offset + start, total)
+    with retain_freed_memory():  # CPU: reuse activation memory across batches (cpu_memory.py)
+        while start < n:
+            if check_interrupt is not None:
+                check_interrupt()
+            stop = min(n, start + step)
+            x = crops[start:stop].to(param.device, torch.float32, non_blocking=True)
+            if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
+                x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            try:
+                with torch.inference_mode():
+                    y = model(x * 2 - 1, w=w_all[start:stop] if w_all is not None else w, adain=adain)
+            except torch.OutOfMemoryError:
+                if step == 1:
+                    raise
+                step = max(1, step // 2)
+                _empty_cache(param.device)
+                continue
+            out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
+            start = stop
+            if progress is not None:
+                progress(done_offset + start, total)
     return out
 
 
