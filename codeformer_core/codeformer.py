@@ -399,6 +399,7 @@ class CodeFormer(nn.Module):
                 start = stop
         return self.generator.run(h, start).float().contiguous()
 
+    @torch.inference_mode()
     def forward(self, x: Tensor, w: WeightArg = None, adain: Optional[bool] = None,
                 return_codes: bool = False):
         if x.dim() != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):

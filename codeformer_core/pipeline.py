@@ -280,7 +280,7 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
                    color_match: bool = False, parser=None, background_upscaler=None,
                    face_upscaler: Optional[Callable[[Tensor], Tensor]] = None,
                    inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
-                   smoother: Optional[LandmarkSmoother] = None, frames_per_chunk: int = 16,
+                   smoother: Optional[LandmarkSmoother] = None, frames_per_chunk: Optional[int] = None,
                    batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
                    device=None, **detect_kwargs) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
@@ -290,6 +290,7 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before paste-back, like the
     original's ``--face_upsample``. ``detect_kwargs`` go to
     ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
+    ``frames_per_chunk`` None sizes chunks to the memory available on the device.
     """
     task = task or {v: t for t, v in TASK_VARIANT.items()}.get(getattr(model, "variant", None), "restore")
     check_variant(model, task)
@@ -301,6 +302,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     if b == 0:
         return RestoreResult(torch.zeros(0, *frames_all.shape[-2:], 3), torch.zeros(0, *frames_all.shape[-2:]), [])
     out_images, out_masks, counts = [], [], []
+    if frames_per_chunk is None:
+        frames_per_chunk = auto_frames_per_chunk(frames_all.shape[-2], frames_all.shape[-1], work_device, upscale)
     done_faces, step, start = 0, max(1, int(frames_per_chunk)), 0
     while start < b:
         stop = min(b, start + step)
@@ -338,6 +341,29 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
         done_faces += len(faces)
         start = stop
     return RestoreResult(torch.cat(out_images), torch.cat(out_masks), counts)
+
+
+def auto_frames_per_chunk(height: int, width: int, device, upscale: float = 1.0,
+                          max_frames: int = 64) -> int:
+    """Frames per chunk that fit in half the free memory of ``device``.
+
+    A frame costs about 24 float32 copies of itself through the chunk (input, detector input,
+    background, output, masks, warp windows); the network batch is bounded separately.
+    """
+    per_frame = height * width * 3 * 4 * 24 * max(1.0, float(upscale)) ** 2
+    device = torch.device(device)
+    free = None
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    else:
+        try:
+            with open("/proc/meminfo") as f:
+                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+        except (OSError, StopIteration):
+            pass
+    if free is None:
+        free = 8 * 2 ** 30
+    return int(max(1, min(max_frames, (free // 2) // max(1, per_frame))))
 
 
 def _chunk_masks(masks: Tensor, start: int, stop: int, num_frames: int) -> Tensor:

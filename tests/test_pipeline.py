@@ -141,3 +141,11 @@ def test_colorize_feeds_gray_and_returns_colour(faces, synthetic_model):
     assert out.crops.shape == faces.crops.shape
     assert (out.crops[:, 0] - out.crops[:, 2]).abs().mean() > 1e-3, "colorized face has no colour"
     assert not bool(out.gray.any()), "paste-back would turn the colorized face gray again"
+
+
+def test_chunk_size_follows_frame_size():
+    from codeformer_core.pipeline import auto_frames_per_chunk
+    small = auto_frames_per_chunk(256, 256, "cpu")
+    huge = auto_frames_per_chunk(8192, 8192, "cpu")
+    assert 1 <= huge < small <= 64
+    assert auto_frames_per_chunk(1024, 1024, "cpu", upscale=4) <= auto_frames_per_chunk(1024, 1024, "cpu")
