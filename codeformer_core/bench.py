@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from .codeformer import AttnBlock, CodeFormer, expected_shapes
+from .codeformer import AttnBlock, CodeFormer, Upsample, expected_shapes
 from .cpu_memory import retain_freed_memory
 from .loader import resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
@@ -44,12 +44,17 @@ def _sync(device):
 
 @contextlib.contextmanager
 def naive_mode():
-    """Explicit softmax attention and the default allocator policy: the plain implementation."""
-    AttnBlock.use_sdpa = CodeFormer.retain_cpu_memory = False
+    """Explicit softmax attention, upsample-then-conv, plain float32 everywhere and the default
+    allocator policy: the model as a straightforward port would run it."""
+    switches = ((AttnBlock, "use_sdpa"), (Upsample, "fold"), (CodeFormer, "retain_cpu_memory"),
+                (CodeFormer, "precise_encoder_tail"))
+    for owner, name in switches:
+        setattr(owner, name, False)
     try:
         yield
     finally:
-        AttnBlock.use_sdpa = CodeFormer.retain_cpu_memory = True
+        for owner, name in switches:
+            setattr(owner, name, True)
 
 
 def measure(model, x, batch, w, device, repeats, naive=False):

@@ -57,6 +57,7 @@ TRANSFORMER_LAYERS = 9
 # and index of the generator block after which the fusion is applied.
 ENCODER_TAPS = {256: 5, 128: 8, 64: 11, 32: 14}
 GENERATOR_FUSION_AFTER = {32: 9, 64: 12, 128: 15, 256: 18}
+PRECISE_ENCODER_FROM = 9  # first encoder block at 64x64 and below (float64 on CPU, see encode)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -71,7 +72,7 @@ def _norm_float32(norm: nn.Module, x: Tensor) -> Tensor:
     float32 input goes through ``_group_norm_channels_last`` and half input through a float32 copy.
     """
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
-    if x.dtype == torch.float32 and not channels_last:
+    if x.dtype in (torch.float32, torch.float64) and not channels_last:
         return norm(x)
     if isinstance(norm, nn.GroupNorm):
         if x.dtype == torch.float32:
@@ -160,12 +161,44 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest x2 then conv3x3, computed as four 2x2 convolutions on the low-resolution input.
+
+    After a nearest-neighbour upsample, each of the four output phases sees only 2x2 distinct
+    input pixels, so the 3x3 kernel folds into four 2x2 kernels: 16/36 of the multiply-adds,
+    and the 4x larger upsampled tensor is never built. Same result up to float rounding.
+    """
+
+    fold = True  # class-level switch; the plain path is the benchmark's naive baseline
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        if not self.fold:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        b, _, h, w = x.shape
+        c = self.conv.out_channels
+        y = F.conv2d(F.pad(x, (1, 1, 1, 1)), _fold_nearest2x(self.conv.weight), self.conv.bias.repeat(4))
+        y = y.view(b, 2, 2, c, h + 1, w + 1)
+        out = torch.empty(b, c, 2 * h, 2 * w, dtype=y.dtype, device=y.device)
+        interleaved = out.view(b, c, h, 2, w, 2)
+        for a in (0, 1):  # phase (a, e) at low-res (i, j) is output pixel (2i+a, 2j+e)
+            for e in (0, 1):
+                interleaved[:, :, :, a, :, e] = y[:, a, e, :, a:a + h, e:e + w]
+        return out.contiguous(memory_format=torch.channels_last) if x.is_contiguous(
+            memory_format=torch.channels_last) and not x.is_contiguous() else out
+
+
+def _fold_nearest2x(weight: Tensor) -> Tensor:
+    """[O,I,3,3] -> [4O,I,2,2]: phase 0 of an axis uses taps (k0, k1+k2), phase 1 (k0+k1, k2)."""
+    w64 = weight.double()
+    rows = [torch.stack([w64[:, :, 0], w64[:, :, 1] + w64[:, :, 2]], 2),
+            torch.stack([w64[:, :, 0] + w64[:, :, 1], w64[:, :, 2]], 2)]
+    kernels = [torch.stack([r[..., 0], r[..., 1] + r[..., 2]], -1) if col == 0 else
+               torch.stack([r[..., 0] + r[..., 1], r[..., 2]], -1)
+               for r in rows for col in (0, 1)]
+    return torch.cat(kernels, 0).to(weight.dtype)
 
 
 def _encoder_blocks() -> nn.ModuleList:
@@ -217,6 +250,14 @@ class _Stack(nn.Module):
     def run(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
         for block in self.blocks[start:stop]:
             x = _norm_float32(block, x) if isinstance(block, nn.GroupNorm) else block(x)
+        return x
+
+    def run_float64(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
+        """The same blocks in float64, with float64 copies of their weights (module untouched)."""
+        x = x.double().contiguous()
+        for block in self.blocks[start:stop]:
+            params = {k: v.double() for k, v in block.named_parameters()}
+            x = torch.func.functional_call(block, params, (x,))
         return x
 
 
@@ -299,6 +340,7 @@ class CodeFormer(nn.Module):
     """
 
     retain_cpu_memory = True  # see cpu_memory.py; off only for the benchmark's naive baseline
+    precise_encoder_tail = True  # see encode(); off only for the benchmark's naive baseline
 
     def __init__(self, variant: Union[str, VariantConfig] = "restoration"):
         super().__init__()
@@ -351,17 +393,27 @@ class CodeFormer(nn.Module):
         return w_t, bool((w_t > 0).any())
 
     def encode(self, x: Tensor, keep_taps: bool) -> Tuple[Tensor, Dict[int, Tensor]]:
+        """Encoder output (float32) and the taps the fusion blocks need.
+
+        On CPU float32 the low-resolution tail (blocks from ``PRECISE_ENCODER_FROM``, at most
+        64x64, ~3 % of the FLOPs) runs in float64: its rounding error is what the transformer
+        amplifies into the code logits, and halving it doubles the margin to the golden rule.
+        """
+        tap_at = {ENCODER_TAPS[r]: r for r in self.config.fusion_resolutions} if keep_taps else {}
+        precise = self.precise_encoder_tail and x.device.type == "cpu" and self.conv_dtype == torch.float32
+        bounds = sorted({i + 1 for i in tap_at} | ({PRECISE_ENCODER_FROM} if precise else set()))
         taps: Dict[int, Tensor] = {}
         h = x.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
         start = 0
-        if keep_taps:
-            for res in sorted(ENCODER_TAPS, key=ENCODER_TAPS.get):
-                stop = ENCODER_TAPS[res] + 1
+        for stop in bounds + [len(self.encoder.blocks)]:
+            if precise and start >= PRECISE_ENCODER_FROM:
+                h = self.encoder.run_float64(h, start, stop)
+            else:
                 h = self.encoder.run(h, start, stop)
-                if str(res) in self.fuse_convs_dict:
-                    taps[res] = h
-                start = stop
-        return self.encoder.run(h, start).float().contiguous(), taps
+            if stop - 1 in tap_at:
+                taps[tap_at[stop - 1]] = h.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
+            start = stop
+        return h.float().contiguous(), taps
 
     def predict_codes(self, lq_feat: Tensor) -> Tuple[Tensor, Tensor]:
         tokens = lq_feat.flatten(2).transpose(1, 2)

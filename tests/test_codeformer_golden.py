@@ -86,8 +86,8 @@ def test_golden_in_a_batch_with_per_sample_w(variant, golden, synthetic_model, f
     assert_close("logits", logits[:1], g.arrays["logits"])
     assert np.array_equal(idx[:1].numpy(), g.arrays["idx"])
     single = model(x.flip(-1), w=w1, adain=adain)
-    diff = (out[1:] - single).abs()
-    assert diff.max() < 2e-5, f"per-sample w: batched item differs from the single run by {diff.max():.3g}"
+    # float32 noise only (kernels differ with the batch size): the golden rule's bound
+    assert_close("out", out[1:], single)
 
 
 def test_variant_defaults(synthetic_model):
