@@ -8,7 +8,7 @@ an out-of-memory error the chunk is halved and retried.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, List, Optional, Sequence, Union
+from typing import Callable, List, Optional, Union
 
 import numpy as np
 import torch

@@ -9,10 +9,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import http.server
-import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import cv2
@@ -24,6 +22,7 @@ from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cach
                           models_dir)
 from codeformer_core import cli, weights
 from codeformer_core.imageio import read_image
+from local_http import closed_port_url, serve
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +226,7 @@ def test_skip_existing_and_all_failed(capsys, folder_run, models, tmp_path):
 
 
 def test_missing_weight_offline_names_url_and_path(capsys, tmp_path, monkeypatch):
-    entries = {n: dataclasses.replace(e, urls=(_closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
+    entries = {n: dataclasses.replace(e, urls=(closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
     rc, _, err = run(capsys, "restore", src, "--models", tmp_path / "empty", "-q")
@@ -258,22 +257,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.hits = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def _closed_port_url(name: str) -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/{name}"
+    with serve(_Handler, hits=[]) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -313,7 +298,7 @@ def test_weights_list_download_verify(capsys, local_registry, server, tmp_path, 
 
 
 def test_weights_download_offline_is_one_line(capsys, tmp_path, monkeypatch):
-    entries = {n: dataclasses.replace(e, urls=(_closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
+    entries = {n: dataclasses.replace(e, urls=(closed_port_url(e.file),)) for n, e in weights.known_weights().items()}
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
     rc, _, err = run(capsys, "weights", "download", "parsenet", "--models", tmp_path)
     assert rc == cli.EXIT_ERROR and err.count("\n") == 1

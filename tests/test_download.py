@@ -9,13 +9,13 @@ import hashlib
 import http.server
 import json
 import random
-import socket
 import threading
 from pathlib import Path
 
 import pytest
 
 from codeformer_core.download import DownloadError, download, file_sha256, part_path
+from local_http import closed_port, serve
 
 DATA = random.Random(1234).randbytes(300_000)      # > one 256 KiB chunk
 OTHER = random.Random(99).randbytes(len(DATA))     # "wrong file" of the same size
@@ -92,16 +92,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.lock = threading.Lock()
-    srv.log, srv.hits = [], {}
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
-    thread.start()
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
+    with serve(_Handler, lock=threading.Lock(), log=[], hits={}) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -111,12 +103,6 @@ def base(server, request):
     return f"{server.base}/%s/{request.node.name}/w.pth"
 
 
-def _closed_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _leftovers(folder: Path):
@@ -245,7 +231,7 @@ def test_mirror_fallback_after_checksum_mismatch(base, tmp_path):
 
 
 def test_offline_message(tmp_path):
-    url = f"http://127.0.0.1:{_closed_port()}/codeformer.pth"
+    url = f"http://127.0.0.1:{closed_port()}/codeformer.pth"
     dest = tmp_path / "models" / "codeformer.pth"
     with pytest.raises(DownloadError) as ei:
         download(url, dest, timeout=5)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import socket
-import threading
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+
+from local_http import closed_port_url, serve
 
 from nodes import NODE_CLASS_MAPPINGS as N
 
@@ -47,12 +47,8 @@ def server(payload):
             self.end_headers()
             self.wfile.write(payload)
 
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    with serve(Handler) as srv:
+        yield srv.base
 
 
 @pytest.fixture
@@ -111,11 +107,7 @@ def test_dropped_connection_leaves_no_final_file(models, server, monkeypatch):
 
 def test_offline_message_names_url_and_destination(models, monkeypatch):
     from codeformer_core.download import DownloadError
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    url = f"http://127.0.0.1:{port}/{FILE}"
+    url = closed_port_url(FILE)
     point_registry(monkeypatch, url)
     with pytest.raises(DownloadError) as err:
         load()

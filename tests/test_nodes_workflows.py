@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 from node_fixtures import load_image
 from nodes import NODE_CLASS_MAPPINGS

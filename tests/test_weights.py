@@ -5,14 +5,13 @@ import dataclasses
 import hashlib
 import http.server
 import json
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 
 from codeformer_core import weights
 from codeformer_core.download import DownloadError
+from local_http import closed_port_url, serve
 from codeformer_core.weights import (
     CorruptWeightError, MissingWeightError, UnknownWeightError, WeightEntry, default_models_dir,
     ensure_weight, find_entry, get_entry, known_weights, path_for, verify_file)
@@ -187,28 +186,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    srv.daemon_threads = True
-    srv.paths = []
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
-    yield srv
-    srv.shutdown()
-    srv.server_close()
-
-
-def _closed_port_url(name: str) -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return f"http://127.0.0.1:{port}/{name}"
+    with serve(_Handler, paths=[]) as srv:
+        yield srv
 
 
 @pytest.fixture
 def local_registry(monkeypatch):
     """Point every entry at unreachable URLs; tests swap in the local server where needed."""
-    entries = {n: dataclasses.replace(e, urls=(_closed_port_url(e.file),))
+    entries = {n: dataclasses.replace(e, urls=(closed_port_url(e.file),))
                for n, e in known_weights().items()}
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
     return entries
