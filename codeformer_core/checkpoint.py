@@ -44,7 +44,7 @@ def _sniff(path: Path) -> str:
 def read_state_dict(source: Source) -> StateDict:
     """Tensors of a checkpoint file or dict, unwrapped from ``params_ema``/``params``/... nesting."""
     if isinstance(source, Mapping):
-        return _unwrap(dict(source), "the given state dict")
+        return _unwrap(_tensors_from_arrays(source), "the given state dict")
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"weight file not found: {path}")
@@ -62,6 +62,15 @@ def read_state_dict(source: Source) -> StateDict:
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
         raise CheckpointError(_explain_load_failure(path, kind, exc)) from None
     return _unwrap(obj, str(path))
+
+
+def _tensors_from_arrays(obj):
+    """numpy arrays (e.g. weights built with numpy) become tensors; nesting is kept."""
+    if isinstance(obj, Mapping):
+        return {k: _tensors_from_arrays(v) for k, v in obj.items()}
+    if type(obj).__module__ == "numpy" and hasattr(obj, "dtype") and hasattr(obj, "shape"):
+        return torch.from_numpy(obj)
+    return obj
 
 
 def _read_safetensors(path: Path) -> StateDict:

@@ -63,6 +63,12 @@ def test_official_file_loads_with_variant(official_file, restoration_sd):
     assert all(torch.equal(got[k], restoration_sd[k]) for k in restoration_sd)
 
 
+def test_numpy_state_dict_is_accepted():
+    import numpy as np
+    sd = {"params_ema": {k: np.zeros(tuple(s), np.float32) for k, s in expected_shapes("inpainting").items()}}
+    assert detect_variant(read_state_dict(sd)) == "inpainting"
+
+
 @pytest.mark.parametrize("nesting", ["params", "bare"])
 def test_other_nestings(restoration_sd, nesting):
     obj = restoration_sd if nesting == "bare" else {nesting: restoration_sd}
