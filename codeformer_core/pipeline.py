@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import align_faces, warp_faces
+from .align import align_faces, detect_gray_frames, template_for, warp_faces
 from .cpu_memory import retain_freed_memory
 from .detection import Detections, FaceDetector
 from .faces import FaceBatch
@@ -136,7 +136,6 @@ def aligned_faces(frames: Tensor) -> FaceBatch:
     scale = torch.tensor([[MODEL_SIZE / w, 0, 0], [0, MODEL_SIZE / h, 0]], device=frames.device)
     inverse = torch.tensor([[w / MODEL_SIZE, 0, 0], [0, h / MODEL_SIZE, 0]], device=frames.device)
     box = torch.tensor([0.0, 0.0, float(w), float(h)], device=frames.device)
-    from .align import detect_gray_frames, template_for
     lm = template_for(MODEL_SIZE, device=frames.device) * torch.tensor([w / MODEL_SIZE, h / MODEL_SIZE],
                                                                          device=frames.device)
     return FaceBatch(crops=crops.float(), affines=scale.expand(b, 2, 3).clone(),
@@ -319,7 +318,7 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
             elif task == "colorize":
                 faces = colorize_faces(model, faces, **run)
             else:
-                masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop, b)
+                masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop)
                 faces = inpaint_faces(model, faces, masks, **run)
             parse = parse_masks_for(parser, faces.crops) if parser is not None and len(faces) else None
             if has_aligned:
@@ -366,7 +365,7 @@ def auto_frames_per_chunk(height: int, width: int, device, upscale: float = 1.0,
     return int(max(1, min(max_frames, (free // 2) // max(1, per_frame))))
 
 
-def _chunk_masks(masks: Tensor, start: int, stop: int, num_frames: int) -> Tensor:
+def _chunk_masks(masks: Tensor, start: int, stop: int) -> Tensor:
     m = masks if masks.dim() == 3 else masks[None]
     return m if m.shape[0] == 1 else m[start:stop]
 

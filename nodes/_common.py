@@ -34,18 +34,16 @@ def core(name: str = ""):
     return importlib.import_module(f"{base.__name__}.{name}") if name else base
 
 
-def faces_to_cpu(faces):
-    """FACES live on the CPU between nodes so no node pins GPU memory for the next one."""
-    return faces.to("cpu")
-
-
 def crops_image(faces):
     """FACES crops as a ComfyUI IMAGE [N,S,S,3] (an empty batch when there are no faces)."""
     return core("pipeline").from_frames(faces.crops)
 
 
-def frame_chunks(num_frames: int, size: int = 16):
-    """(start, stop) ranges: frames go to the compute device a chunk at a time (videos)."""
+def frame_chunks(frames, device, upscale: float = 1.0):
+    """(start, stop) ranges: frames go to the compute device a chunk at a time (videos), as
+    many as the core's memory rule allows (``pipeline.auto_frames_per_chunk``)."""
+    num_frames, height, width = frames.shape[0], frames.shape[-2], frames.shape[-1]
+    size = core("pipeline").auto_frames_per_chunk(height, width, device, upscale)
     return [(s, min(num_frames, s + size)) for s in range(0, num_frames, size)]
 
 

@@ -61,9 +61,8 @@ class CodeFormerDetectFaces:
                       max_faces=int(max_faces), resolution=int(resolution) or None)
         parts, masks, offsets = [], [], []
         bar = bridge.progress_bar(b)
-        chunks = frame_chunks(b)
         with bridge.on_compute_device([face_detector.detector.net], 16 * frames[0].numel() * 4 * 8) as device:
-            for start, stop in chunks:
+            for start, stop in frame_chunks(frames, device):
                 bridge.check_interrupt()
                 chunk = frames[start:stop].to(device)
                 faces = pipeline.detect_faces(chunk, face_detector.detector, smoother=smoother, **kwargs)
@@ -72,11 +71,10 @@ class CodeFormerDetectFaces:
                 masks.append(mask[:, 0].float().cpu())
                 offsets.append(start)
                 bar(stop, b)
+        import torch
         if not parts:
-            import torch
             faces, mask = core("faces").FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
         else:
-            import torch
             faces = concat_faces(parts, offsets, b, (h, w), meta={"parser": face_detector.parser})
             mask = torch.cat(masks)
         return (faces, crops_image(faces), mask, len(faces))

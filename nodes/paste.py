@@ -64,7 +64,7 @@ class CodeFormerPasteFaces:
         images, masks = [], []
         bar = bridge.progress_bar(frames.shape[0])
         with bridge.on_compute_device([parser], 16 * frames[0].numel() * 4 * 8 * upscale ** 2) as device:
-            for start, stop in frame_chunks(frames.shape[0]):
+            for start, stop in frame_chunks(frames, device, float(upscale)):
                 bridge.check_interrupt()
                 part = faces_of_frames(faces, start, stop).to(device)
                 parse = pipeline.parse_masks_for(parser, part.crops) if parser is not None and len(part) else None
