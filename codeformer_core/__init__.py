@@ -26,11 +26,11 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "load_model": "loader", "resolve_device": "loader", "resolve_dtype": "loader",
-    "CodeFormer": "codeformer", "VARIANTS": "codeformer", "VariantConfig": "codeformer",
-    "read_state_dict": "checkpoint", "detect_variant": "checkpoint", "CheckpointError": "checkpoint",
-    "convert_to_safetensors": "checkpoint", "save_safetensors": "checkpoint",
-    "FaceBatch": "faces",
+    "load_model": "models.loader", "resolve_device": "models.loader", "resolve_dtype": "models.loader",
+    "CodeFormer": "models.codeformer", "VARIANTS": "models.codeformer", "VariantConfig": "models.codeformer",
+    "read_state_dict": "models.checkpoint", "detect_variant": "models.checkpoint", "CheckpointError": "models.checkpoint",
+    "convert_to_safetensors": "models.checkpoint", "save_safetensors": "models.checkpoint",
+    "FaceBatch": "faces.batch",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .align import align_faces, detect_gray_frames, template_for, warp_faces
+from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .cpu_memory import retain_freed_memory
-from .detection import Detections, FaceDetector
-from .faces import FaceBatch
-from .paste import paste_faces, parse_labels_to_masks, to_luminance
+from .faces.detect import Detections, FaceDetector
+from .faces.batch import FaceBatch
+from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
 
 Tensor = torch.Tensor
 Progress = Optional[Callable[[int, int], None]]
@@ -258,7 +258,7 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
 
 def parse_masks_for(parser, crops: Tensor) -> Tensor:
     """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...)."""
-    from .parsenet import parse_faces
+    from .models.parsenet import parse_faces
     return parse_labels_to_masks(parse_faces(parser, crops))
 
 

@@ -8,7 +8,7 @@ MODEL_TYPE = "CODEFORMER_MODEL"
 DETECTOR_TYPE = "FACE_DETECTOR"
 FACES_TYPE = "FACES"
 
-# Mirrors of codeformer_core.detection.SELECTIONS / SORT_KEYS, kept here so that building the
+# Mirrors of codeformer_core.faces.detect.SELECTIONS / SORT_KEYS, kept here so that building the
 # node list never imports torch (a test checks they stay equal).
 SELECTIONS = ("all", "largest", "center", "index")
 SORT_KEYS = ("area", "left_to_right", "confidence")

@@ -53,7 +53,7 @@ class CodeFormerDetectFaces:
 
     def detect(self, image, face_detector, threshold=0.8, selection="all", sort_by="area", index=0,
                max_faces=0, resolution=640, smoothing=0.0):
-        pipeline, paste = core("pipeline"), core("paste")
+        pipeline, paste = core("pipeline"), core("faces.paste")
         frames = pipeline.to_frames(image)
         b, _, h, w = frames.shape
         smoother = pipeline.LandmarkSmoother(float(smoothing)) if smoothing > 0 else None
@@ -73,7 +73,7 @@ class CodeFormerDetectFaces:
                 bar(stop, b)
         import torch
         if not parts:
-            faces, mask = core("faces").FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
+            faces, mask = core("faces.batch").FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
         else:
             faces = concat_faces(parts, offsets, b, (h, w), meta={"parser": face_detector.parser})
             mask = torch.cat(masks)

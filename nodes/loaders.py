@@ -19,14 +19,14 @@ NO_PARSER = "none"
 class FaceDetectorBundle:
     """What a FACE_DETECTOR socket carries: the RetinaFace detector and an optional ParseNet."""
 
-    detector: object            # codeformer_core.detection.FaceDetector
-    parser: Optional[object]    # codeformer_core.parsenet.ParseNet or None
+    detector: object            # codeformer_core.faces.detect.FaceDetector
+    parser: Optional[object]    # codeformer_core.models.parsenet.ParseNet or None
     name: str = ""
 
 
 def _registry(kind: str):
     """Registry entries of one kind, in registry order (reading JSON only, no torch)."""
-    weights = core("weights")
+    weights = core("weights.registry")
     return [e for e in weights.known_weights().values() if e.kind == kind]
 
 
@@ -50,7 +50,7 @@ def resolve_weight(folders, filename: str) -> str:
     path = bridge.find_file(folders, filename)
     if path:
         return path
-    weights = core("weights")
+    weights = core("weights.registry")
     entry = weights.find_entry(filename)
     if entry is None or os.path.basename(filename) != filename:
         raise FileNotFoundError(
@@ -130,8 +130,8 @@ class CodeFormerFaceDetectorLoader:
     def load(self, detector_model: str, parsing_model: str = NO_PARSER):
         folders = ("facedetection",)
         off = bridge.offload_device()
-        detector = core("detection").load_detector(resolve_weight(folders, detector_model), device=off)
+        detector = core("faces.detect").load_detector(resolve_weight(folders, detector_model), device=off)
         parser = None
         if parsing_model and parsing_model != NO_PARSER:
-            parser = core("parsenet").load_parsenet(resolve_weight(folders, parsing_model), device=off)
+            parser = core("models.parsenet").load_parsenet(resolve_weight(folders, parsing_model), device=off)
         return (FaceDetectorBundle(detector, parser, detector_model),)

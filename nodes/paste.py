@@ -49,7 +49,7 @@ class CodeFormerPasteFaces:
 
     def paste(self, image, faces, visibility=1.0, use_parsing=True, color_match=False, feather=0,
               upscale=1.0, upscale_model=None):
-        pipeline, paste = core("pipeline"), core("paste")
+        pipeline, paste = core("pipeline"), core("faces.paste")
         frames = pipeline.to_frames(image)
         if frames.shape[0] != faces.num_frames or tuple(frames.shape[-2:]) != tuple(faces.frame_size):
             raise ValueError(f"the faces were found in {faces.num_frames} image(s) of "

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.dev.synthetic import synth_state_dict
 
 FACE_DATA = Path(__file__).parent / "data" / "face_golden"
 DETECTOR_ARGS = ["--detector", "retinaface_mobilenet0.25", "--no-download", "-q"]
@@ -27,7 +27,7 @@ def models_dir(tmp_path_factory) -> Path:
     """codeformer.pth ({'params_ema': sd}) and the MobileNet detector (bare state dict)."""
     global _models_dir
     if _models_dir is None:
-        from codeformer_core.codeformer import expected_shapes
+        from codeformer_core.models.codeformer import expected_shapes
         root = tmp_path_factory.mktemp("models")
         (root / "facerestore_models").mkdir()
         (root / "facedetection").mkdir()
@@ -41,7 +41,8 @@ def models_dir(tmp_path_factory) -> Path:
 
 def cache_model_loading(monkeypatch) -> None:
     """Reuse loaded models across cli.main calls (same path -> same object)."""
-    from codeformer_core import detection, loader
+    from codeformer_core.faces import detect as detection
+    from codeformer_core.models import loader
 
     real_model, real_det = loader.load_model, detection.load_detector
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.dev.synthetic import synth_state_dict
 
 DATA = Path(__file__).parent / "data"
 VARIANT_NAMES = ("restoration", "colorization", "inpainting")

@@ -27,8 +27,8 @@ def _save(sd, path: Path, nest: bool):
 @pytest.fixture(scope="session")
 def comfy_models_dir(tmp_path_factory) -> Path:
     """models/ with codeformer.pth (restoration), the ResNet-50 detector and ParseNet."""
-    from codeformer_core.codeformer import expected_shapes
-    from codeformer_core.synthetic import synth_state_dict
+    from codeformer_core.models.codeformer import expected_shapes
+    from codeformer_core.dev.synthetic import synth_state_dict
     root = tmp_path_factory.mktemp("comfy_models")
     _save(synth_state_dict(expected_shapes("restoration").items()), root / "facerestore_models" / "codeformer.pth",
           nest=True)

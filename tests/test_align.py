@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from codeformer_core.align import (FFHQ_TEMPLATE_512, align_faces, detect_gray_frames,
+from codeformer_core.faces.align import (FFHQ_TEMPLATE_512, align_faces, detect_gray_frames,
                                    estimate_similarity, invert_affine, template_for, warp_faces)
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "face_golden")

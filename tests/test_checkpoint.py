@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from codeformer_core import CheckpointError, convert_to_safetensors, detect_variant, load_model, read_state_dict
-from codeformer_core.codeformer import VARIANTS, expected_shapes
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.models.codeformer import VARIANTS, expected_shapes
+from codeformer_core.dev.synthetic import synth_state_dict
 
 
 def meta_state_dict(variant):

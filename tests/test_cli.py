@@ -20,8 +20,9 @@ import torch
 
 from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading,
                           models_dir)
-from codeformer_core import cli, weights
-from codeformer_core.imageio import read_image
+from codeformer_core.cli import main as cli
+from codeformer_core.weights import registry as weights
+from codeformer_core.io.images import read_image
 from local_http import closed_port_url, serve
 
 
@@ -306,8 +307,8 @@ def test_weights_download_offline_is_one_line(capsys, tmp_path, monkeypatch):
 
 
 def test_weights_convert_round_trip(capsys, models, tmp_path):
-    from codeformer_core.checkpoint import read_state_dict
-    from codeformer_core.loader import load_model
+    from codeformer_core.models.checkpoint import read_state_dict
+    from codeformer_core.models.loader import load_model
     src = models / "facerestore_models" / "codeformer.pth"
     dest = tmp_path / "cf.safetensors"
     rc, out, err = run(capsys, "weights", "convert", src, "--to", "safetensors", "-o", dest)

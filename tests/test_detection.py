@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from codeformer_core.detection import Detections, FaceDetector, load_detector, select_faces
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.faces.detect import Detections, FaceDetector, load_detector, select_faces
+from codeformer_core.dev.synthetic import synth_state_dict
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 NETS = {"resnet50": "resnet50", "mobilenet0.25": "mobile0.25"}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from codeformer_core.download import DownloadError, download, file_sha256, part_path
+from codeformer_core.weights.download import DownloadError, download, file_sha256, part_path
 from local_http import closed_port, serve
 
 DATA = random.Random(1234).randbytes(300_000)      # > one 256 KiB chunk
@@ -276,7 +276,7 @@ def test_progress_callback_can_cancel_and_resume_later(base, tmp_path, server):
 
 
 def test_local_write_error_is_not_blamed_on_the_network(base, tmp_path, monkeypatch, server):
-    import codeformer_core.download as dl
+    import codeformer_core.weights.download as dl
 
     class FullDisk:
         def __init__(self, f):

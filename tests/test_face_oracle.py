@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from codeformer_core.align import align_faces
-from codeformer_core.paste import paste_faces, resize_frames
+from codeformer_core.faces.align import align_faces
+from codeformer_core.faces.paste import paste_faces, resize_frames
 
 
 def _import_mtcnn():

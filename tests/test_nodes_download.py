@@ -20,7 +20,7 @@ def payload(tmp_path_factory):
     """A real (synthetic) MobileNet RetinaFace file, about 1.7 MB."""
     import json
     from node_fixtures import FACE, _save
-    from codeformer_core.synthetic import synth_state_dict
+    from codeformer_core.dev.synthetic import synth_state_dict
     path = tmp_path_factory.mktemp("payload") / FILE
     _save(synth_state_dict(json.loads((FACE / "retinaface_manifest_mobile0.25.json").read_text()), face=True),
           path, nest=False)
@@ -63,7 +63,7 @@ def models(tmp_path, monkeypatch):
 
 
 def point_registry(monkeypatch, url, sha256=None):
-    from codeformer_core import weights
+    from codeformer_core.weights import registry as weights
     entries = weights.known_weights()
     entries["retinaface_mobilenet0.25"] = replace(entries["retinaface_mobilenet0.25"], urls=(url,), sha256=sha256)
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
@@ -89,7 +89,7 @@ def test_download_on_first_use(models, server, payload, monkeypatch):
 
 
 def test_checksum_mismatch_leaves_nothing(models, server, monkeypatch):
-    from codeformer_core.download import DownloadError
+    from codeformer_core.weights.download import DownloadError
     point_registry(monkeypatch, f"{server}/ok/{FILE}", "0" * 64)
     with pytest.raises(DownloadError, match="sha256|checksum"):
         load()
@@ -97,7 +97,7 @@ def test_checksum_mismatch_leaves_nothing(models, server, monkeypatch):
 
 
 def test_dropped_connection_leaves_no_final_file(models, server, monkeypatch):
-    from codeformer_core.download import DownloadError
+    from codeformer_core.weights.download import DownloadError
     point_registry(monkeypatch, f"{server}/drop/{FILE}")
     with pytest.raises(DownloadError):
         load()
@@ -106,7 +106,7 @@ def test_dropped_connection_leaves_no_final_file(models, server, monkeypatch):
 
 
 def test_offline_message_names_url_and_destination(models, monkeypatch):
-    from codeformer_core.download import DownloadError
+    from codeformer_core.weights.download import DownloadError
     url = closed_port_url(FILE)
     point_registry(monkeypatch, url)
     with pytest.raises(DownloadError) as err:

@@ -84,7 +84,8 @@ def test_node_metadata(node_id, comfy):
 
 
 def test_option_lists_match_the_core():
-    from codeformer_core import detection, pipeline
+    from codeformer_core import pipeline
+    from codeformer_core.faces import detect as detection
     from nodes import _common
     assert _common.SELECTIONS == detection.SELECTIONS and _common.SORT_KEYS == detection.SORT_KEYS
     display = dict(NODE_DISPLAY_NAME_MAPPINGS)

@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from codeformer_core.checkpoint import CheckpointError
-from codeformer_core.parsenet import NUM_CLASSES, ParseNet, load_parsenet, parse_faces
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.models.checkpoint import CheckpointError
+from codeformer_core.models.parsenet import NUM_CLASSES, ParseNet, load_parsenet, parse_faces
+from codeformer_core.dev.synthetic import synth_state_dict
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from codeformer_core.align import FFHQ_TEMPLATE_512, align_faces
-from codeformer_core.faces import FaceBatch
-from codeformer_core.paste import (PARSE_LABEL_WEIGHTS, _erode, _reflect101_index,
+from codeformer_core.faces.align import FFHQ_TEMPLATE_512, align_faces
+from codeformer_core.faces.batch import FaceBatch
+from codeformer_core.faces.paste import (PARSE_LABEL_WEIGHTS, _erode, _reflect101_index,
                                    gaussian_kernel_1d, parse_labels_to_masks, paste_affines,
                                    paste_faces, resize_frames, resize_lanczos4)
 

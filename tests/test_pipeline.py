@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from codeformer_core.align import align_faces
-from codeformer_core.detection import load_detector
+from codeformer_core.faces.align import align_faces
+from codeformer_core.faces.detect import load_detector
 from codeformer_core.pipeline import (WrongVariantError, colorize_faces, crop_hole_masks, gray_model_input,
                                       inpaint_faces, restore_faces, restore_images, run_network, to_frames)
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.dev.synthetic import synth_state_dict
 
 FACE = Path(__file__).parent / "data" / "face_golden"
 

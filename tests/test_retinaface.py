@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from codeformer_core.checkpoint import CheckpointError
-from codeformer_core.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks,
+from codeformer_core.models.checkpoint import CheckpointError
+from codeformer_core.models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks,
                                         detect_backbone, load_retinaface, prior_boxes)
-from codeformer_core.synthetic import synth_state_dict
+from codeformer_core.dev.synthetic import synth_state_dict
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 NETS = {"resnet50": "resnet50", "mobilenet0.25": "mobile0.25"}  # backbone -> golden file tag

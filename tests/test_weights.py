@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from codeformer_core import weights
-from codeformer_core.download import DownloadError
+from codeformer_core.weights import registry as weights
+from codeformer_core.weights.download import DownloadError
 from local_http import closed_port_url, serve
-from codeformer_core.weights import (
+from codeformer_core.weights.registry import (
     CorruptWeightError, MissingWeightError, UnknownWeightError, WeightEntry, default_models_dir,
     ensure_weight, find_entry, get_entry, known_weights, path_for, verify_file)
 

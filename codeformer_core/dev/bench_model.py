@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from .codeformer import AttnBlock, CodeFormer, Upsample, expected_shapes
-from .cpu_memory import retain_freed_memory
-from .loader import resolve_device, resolve_dtype
+from ..models.codeformer import AttnBlock, CodeFormer, Upsample, expected_shapes
+from ..cpu_memory import retain_freed_memory
+from ..models.loader import resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
 
 

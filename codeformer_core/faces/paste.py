@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from .align import (_apply, _compose, _invert64, _pixel_to_normalized, _roi_origin,
                     _window_grid, row_chunks)
-from .faces import FaceBatch
+from .batch import FaceBatch
 
 __all__ = ["paste_faces", "paste_affines", "parse_labels_to_masks", "resize_lanczos4", "resize_frames",
            "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d", "to_luminance"]

@@ -83,12 +83,12 @@ def _one_line(e: BaseException) -> str:
 
 def _user_error_types() -> tuple:
     """Exceptions whose message is meant for the user (no traceback)."""
-    from .checkpoint import CheckpointError
-    from .download import DownloadError
-    from .imageio import ImageReadError
-    from .pipeline import WrongVariantError
-    from .video import VideoError
-    from .weights import CorruptWeightError, MissingWeightError, UnknownWeightError
+    from ..models.checkpoint import CheckpointError
+    from ..weights.download import DownloadError
+    from ..io.images import ImageReadError
+    from ..pipeline import WrongVariantError
+    from ..io.video import VideoError
+    from ..weights.registry import CorruptWeightError, MissingWeightError, UnknownWeightError
     return (UserError, CheckpointError, DownloadError, ImageReadError, WrongVariantError, VideoError,
             CorruptWeightError, MissingWeightError, UnknownWeightError, FileNotFoundError,
             PermissionError, IsADirectoryError, NotADirectoryError)
@@ -96,13 +96,13 @@ def _user_error_types() -> tuple:
 
 # -- weights ------------------------------------------------------------------------------------
 def _models_dir(args) -> Path:
-    from .weights import default_models_dir
+    from ..weights.registry import default_models_dir
     return default_models_dir(getattr(args, "models", None))
 
 
 def _ensure(name: str, args, out: _Out) -> Path:
     """Registry file, fetched on first use (one-line error naming URL and path when offline)."""
-    from .weights import ensure_weight, get_entry, path_for
+    from ..weights.registry import ensure_weight, get_entry, path_for
     entry = get_entry(name)
     dest = path_for(entry, _models_dir(args))
     if not dest.is_file() and not args.no_download:
@@ -115,7 +115,7 @@ def _file_or_weight(value: str, args, out: _Out, what: str) -> Path:
     p = Path(os.path.expanduser(value))
     if p.is_file():
         return p
-    from .weights import find_entry
+    from ..weights.registry import find_entry
     if find_entry(value) is not None and not any(c in value for c in "/\\"):
         return _ensure(value, args, out)
     raise UserError(f"{what} {value}: no such file (and not a known weight name; see 'codeformer weights list')")
@@ -263,8 +263,8 @@ class _Context:
 def _load(ctx: _Context) -> None:
     """Load the networks once per run (fetching missing registry files first)."""
     import torch
-    from .detection import load_detector
-    from .loader import load_model, resolve_device, resolve_dtype
+    from ..faces.detect import load_detector
+    from ..models.loader import load_model, resolve_device, resolve_dtype
     a, out = ctx.args, ctx.out
     try:
         device = resolve_device(a.device)
@@ -279,7 +279,7 @@ def _load(ctx: _Context) -> None:
     ckpt = _file_or_weight(a.model, a, out, "--model") if a.model else _ensure(TASK_WEIGHT[ctx.task], a, out)
     out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
     ctx.model = load_model(ckpt, device=device, dtype=dtype)
-    from .pipeline import check_variant
+    from ..pipeline import check_variant
     check_variant(ctx.model, ctx.task)
     if not a.has_aligned:
         det_path = _ensure(a.detector, a, out)
@@ -287,7 +287,7 @@ def _load(ctx: _Context) -> None:
         if a.draw_box:
             ctx.detector = _BoxRecorder(ctx.detector)
         if a.parse:
-            from .parsenet import load_parsenet
+            from ..models.parsenet import load_parsenet
             ctx.parser = load_parsenet(_ensure("parsenet", a, out), device=device)
         if a.bg_upsampler:
             up = load_upscaler(_file_or_weight(a.bg_upsampler, a, out, "--bg-upsampler"), device,
@@ -296,14 +296,14 @@ def _load(ctx: _Context) -> None:
             if a.face_upsample:
                 ctx.face_up = up
     if a.mask:
-        from .imageio import read_mask
+        from ..io.images import read_mask
         ctx.mask = read_mask(a.mask)
 
 
 def _restore(ctx: _Context, frames, smoother=None, progress=None, mask=None):
     """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None)."""
     import torch
-    from .pipeline import restore_images
+    from ..pipeline import restore_images
     a = ctx.args
     masks = None if mask is None else torch.from_numpy(mask)[None]
     res = restore_images(
@@ -318,7 +318,7 @@ def _restore(ctx: _Context, frames, smoother=None, progress=None, mask=None):
 
 # -- images -------------------------------------------------------------------------------------
 def _process_image(ctx: _Context, src: Path, dest: Path, stats: _Stats) -> str:
-    from .imageio import read_image, to_output_array, write_image
+    from ..io.images import read_image, to_output_array, write_image
     img = read_image(src)
     mask = ctx.mask
     if mask is not None and mask.shape != img.size:
@@ -352,8 +352,8 @@ def _process_image(ctx: _Context, src: Path, dest: Path, stats: _Stats) -> str:
 # -- videos -------------------------------------------------------------------------------------
 def _process_video(ctx: _Context, src: Path, dest: Path, stats: _Stats) -> str:
     import numpy as np
-    from .pipeline import LandmarkSmoother
-    from .video import VideoReader, VideoWriter, retime_counts
+    from ..pipeline import LandmarkSmoother
+    from ..io.video import VideoReader, VideoWriter, retime_counts
     a = ctx.args
     t0 = time.perf_counter()
     faces = frames = no_face = 0
@@ -411,8 +411,8 @@ def _process_video(ctx: _Context, src: Path, dest: Path, stats: _Stats) -> str:
 
 # -- inputs and outputs -----------------------------------------------------------------------------
 def _kind(path: Path) -> Optional[str]:
-    from .imageio import IMAGE_EXTS
-    from .video import VIDEO_EXTS
+    from ..io.images import IMAGE_EXTS
+    from ..io.video import VIDEO_EXTS
     ext = path.suffix.lower()
     return "image" if ext in IMAGE_EXTS else "video" if ext in VIDEO_EXTS else None
 
@@ -461,8 +461,8 @@ def _plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[st
 
 
 def _exts(kind: str) -> List[str]:
-    from .imageio import IMAGE_EXTS
-    from .video import VIDEO_EXTS
+    from ..io.images import IMAGE_EXTS
+    from ..io.video import VIDEO_EXTS
     return list(IMAGE_EXTS if kind == "image" else VIDEO_EXTS)
 
 
@@ -553,7 +553,7 @@ def _human(n: Optional[int]) -> str:
 
 
 def cmd_weights_list(args) -> int:
-    from .weights import known_weights, path_for
+    from ..weights.registry import known_weights, path_for
     models = _models_dir(args)
     print(f"models folder: {models}")
     rows = []
@@ -568,8 +568,8 @@ def cmd_weights_list(args) -> int:
 
 
 def cmd_weights_download(args) -> int:
-    from .download import download
-    from .weights import get_entry, known_weights, path_for, verify_file
+    from ..weights.download import download
+    from ..weights.registry import get_entry, known_weights, path_for, verify_file
     names = list(known_weights()) if args.names == ["all"] else args.names
     entries = [get_entry(n) for n in names]  # unknown names fail before any download
     models = _models_dir(args)
@@ -587,7 +587,7 @@ def cmd_weights_download(args) -> int:
 
 
 def cmd_weights_verify(args) -> int:
-    from .weights import known_weights, path_for, verify_file
+    from ..weights.registry import known_weights, path_for, verify_file
     bad = 0
     if args.paths:
         targets = [(Path(os.path.expanduser(p)), None) for p in args.paths]
@@ -612,8 +612,8 @@ def cmd_weights_verify(args) -> int:
 
 def _describe_checkpoint(path: Path) -> str:
     """What a file without a published hash holds, by loading it (weights only)."""
-    from .checkpoint import CheckpointError, detect_variant, read_state_dict
-    from .weights import find_entry
+    from ..models.checkpoint import CheckpointError, detect_variant, read_state_dict
+    from ..weights.registry import find_entry
     entry = find_entry(path.name)
     if entry is not None and entry.kind != "codeformer":
         return f"registry: {entry.kind} {entry.variant}"
@@ -628,7 +628,7 @@ def _describe_checkpoint(path: Path) -> str:
 
 
 def cmd_weights_convert(args) -> int:
-    from .checkpoint import convert_to_safetensors
+    from ..models.checkpoint import convert_to_safetensors
     src = Path(os.path.expanduser(args.path))
     if not src.is_file():
         raise UserError(f"{src}: no such file")
@@ -717,7 +717,7 @@ def _models_arg(p) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="codeformer", formatter_class=fmt,

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cpu_memory import retain_freed_memory
+from ..cpu_memory import retain_freed_memory
 
 Tensor = torch.Tensor
 

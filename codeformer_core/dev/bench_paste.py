@@ -22,10 +22,10 @@ import time
 import numpy as np
 import torch
 
-from .align import align_faces
-from .paste import paste_faces
+from ..faces.align import align_faces
+from ..faces.paste import paste_faces
 
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _DEFAULT_BASELINE = os.path.normpath(os.path.join(_REPO, "..", "shared", "bench",
                                                   "cv2_paste_baseline.py"))
 

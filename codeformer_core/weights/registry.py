@@ -33,7 +33,7 @@ KIND_FOLDERS = {
     "upscaler": "upscale_models",
 }
 
-_HERE = Path(__file__).resolve().parent
+_HERE = Path(__file__).resolve().parent.parent  # the codeformer_core package
 # An installed wheel ships a copy inside the package (pyproject maps weights/ to
 # codeformer_core._registry); a source checkout or ComfyUI custom_nodes clone has none
 # there and reads weights/registry.json. The in-package copy goes first so an install never
@@ -204,7 +204,7 @@ def user_cache_dir() -> Path:
 
 def _pack_dirs() -> List[Path]:
     """This pack's root, as imported and with symlinks resolved (ComfyUI links packs too)."""
-    as_imported = Path(os.path.abspath(__file__)).parent.parent
+    as_imported = Path(os.path.abspath(__file__)).parent.parent.parent
     resolved = _HERE.parent
     return [as_imported] if as_imported == resolved else [as_imported, resolved]
 

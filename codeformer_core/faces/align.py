@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .faces import FaceBatch
+from .batch import FaceBatch
 
 __all__ = [
     "FFHQ_TEMPLATE_512", "BORDER_RGB", "template_for", "estimate_similarity", "invert_affine",

@@ -15,7 +15,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
-from .retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, load_retinaface,
+from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, load_retinaface,
                          preprocess_rgb01, prior_boxes)
 
 DEFAULT_CONF_THRESHOLD = 0.8

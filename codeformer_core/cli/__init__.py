@@ -1,0 +1,1 @@
+"""The `codeformer` command line."""

@@ -1,0 +1,1 @@
+"""Development aids never imported at run time: synthetic weights and benchmarks."""

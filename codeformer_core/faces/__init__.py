@@ -1,0 +1,1 @@
+"""Frames -> faces -> frames: detection, alignment, paste-back, the FaceBatch."""

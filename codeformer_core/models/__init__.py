@@ -1,0 +1,1 @@
+"""Networks and the one loading path: CodeFormer, RetinaFace, ParseNet."""

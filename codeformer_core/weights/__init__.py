@@ -1,0 +1,1 @@
+"""Known weight files: registry, locations and the verified downloader."""
