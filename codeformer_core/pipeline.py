@@ -19,6 +19,7 @@ from .cpu_memory import retain_freed_memory
 from .faces.detect import Detections, FaceDetector
 from .faces.batch import FaceBatch
 from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
+from .errors import WrongVariantError
 
 Tensor = torch.Tensor
 Progress = Optional[Callable[[int, int], None]]
@@ -28,10 +29,6 @@ MODEL_SIZE = 512
 TASK_VARIANT = {"restore": "restoration", "colorize": "colorization", "inpaint": "inpainting"}
 TASK_NODE = {"restore": "CodeFormer Restore Faces", "colorize": "CodeFormer Colorize Faces",
              "inpaint": "CodeFormer Inpaint Faces"}
-
-
-class WrongVariantError(ValueError):
-    """A model of one variant was given to a step that needs another."""
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -153,7 +150,7 @@ def check_variant(model, task: str) -> None:
     if have != want:
         use = next((t for t, v in TASK_VARIANT.items() if v == have), None)
         hint = f"; use {TASK_NODE[use]} (CLI: codeformer {use}) for it" if use else ""
-        raise WrongVariantError(f"this step needs the {want} model, but the loaded model is the "
+        raise WrongVariantError(have, want, f"this step needs the {want} model, but the loaded model is the "
                                 f"{have} variant{hint}, or load the {want} checkpoint")
 
 

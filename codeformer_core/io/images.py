@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
+from ..errors import ImageReadError
 
 __all__ = ["IMAGE_EXTS", "ImageReadError", "LoadedImage", "read_image", "write_image", "read_mask",
            "to_output_array"]
@@ -28,10 +29,6 @@ try:  # optional
     import cv2  # type: ignore
 except Exception:  # pragma: no cover - exercised only without OpenCV
     cv2 = None
-
-
-class ImageReadError(ValueError):
-    """The file is not a readable image (message is one line, names the file)."""
 
 
 @dataclass

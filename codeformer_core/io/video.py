@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterator, List, Optional, Union
 
 import numpy as np
+from ..errors import VideoError
 
 __all__ = ["VIDEO_EXTS", "VideoError", "VideoInfo", "probe", "VideoReader", "VideoWriter",
            "retime_counts", "temp_path_for"]
@@ -33,10 +34,6 @@ _AUDIO_OK = {
     "webm": {"opus", "vorbis"},
 }
 _AUDIO_FALLBACK = {"mp4": "aac", "mov": "aac", "avi": "mp3", "matroska": "aac", "webm": "libopus"}
-
-
-class VideoError(RuntimeError):
-    """A video cannot be read or written; ``str()`` is one line naming the file."""
 
 
 def _av():

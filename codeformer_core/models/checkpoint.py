@@ -14,16 +14,13 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 import torch
 
 from .codeformer import VARIANTS, expected_shapes
+from ..errors import CheckpointError
 
 Tensor = torch.Tensor
 StateDict = Dict[str, Tensor]
 Source = Union[str, os.PathLike, Mapping[str, Tensor]]
 
 NESTING_KEYS = ("params_ema", "params", "state_dict", "model")
-
-
-class CheckpointError(ValueError):
-    """A weight file that cannot be used; the message says what it is and what was expected."""
 
 
 # -- reading -----------------------------------------------------------------------------------

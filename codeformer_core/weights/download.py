@@ -29,6 +29,7 @@ import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple, Union
+from ..errors import DownloadError
 
 __all__ = ["DownloadError", "download", "file_sha256", "part_path", "DEFAULT_TIMEOUT"]
 
@@ -39,20 +40,6 @@ CHUNK = 1 << 18          # 256 KiB: few progress calls, small memory
 USER_AGENT = "codeformer-core-downloader/1 (+https://github.com/sczhou/CodeFormer)"
 PART_SUFFIX = ".part"
 META_SUFFIX = ".part.json"
-
-
-class DownloadError(RuntimeError):
-    """Every URL failed. ``str()`` is one line naming the URLs, the destination and the fix."""
-
-    def __init__(self, message: str, *, urls: Sequence[str] = (), dest: Optional[Path] = None,
-                 errors: Sequence[Tuple[str, str]] = (), partial: Optional[Path] = None,
-                 offline: bool = False) -> None:
-        super().__init__(message)
-        self.urls = tuple(urls)
-        self.dest = dest
-        self.errors = tuple(errors)    # (url, reason) per failed attempt
-        self.partial = partial         # kept .part file (dropped connection), else None
-        self.offline = offline         # no URL produced any HTTP answer
 
 
 # Internal failure kinds of one URL attempt; download() turns them into a DownloadError.

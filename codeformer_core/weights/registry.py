@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
 from .download import DEFAULT_TIMEOUT, ProgressFn, download as _download, file_sha256
+from ..errors import CorruptWeightError, MissingWeightError, UnknownWeightError
 
 __all__ = [
     "WeightEntry", "VerifyResult", "MissingWeightError", "CorruptWeightError",
@@ -85,21 +86,6 @@ class VerifyResult:
 
     def __bool__(self) -> bool:
         return self.ok
-
-
-class UnknownWeightError(KeyError):
-    """Name is not in the registry (message lists the known names)."""
-
-    def __str__(self) -> str:  # KeyError would repr() the message
-        return str(self.args[0]) if self.args else ""
-
-
-class MissingWeightError(FileNotFoundError):
-    """File absent and downloading not allowed; message says where to put it."""
-
-
-class CorruptWeightError(ValueError):
-    """Existing file fails the registry's size/sha256 and downloading not allowed."""
 
 
 def registry_path() -> Path:

@@ -1,0 +1,72 @@
+"""The one error family of the core: every problem a user can fix is a ``CodeFormerError``.
+
+Errors carry data (which file, which variant) as attributes and a plain message; each front end
+(the ComfyUI nodes, the command line) adds its own hint on what to do, in its own words. The
+extra built-in bases (``ValueError``, ``KeyError`` ...) keep ``except ValueError`` callers working.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+
+class CodeFormerError(Exception):
+    """Base of every error the core raises on purpose (bad file, bad input, wrong model)."""
+
+
+class CheckpointError(CodeFormerError, ValueError):
+    """A weight file that cannot be used; the message says what it is and what was expected."""
+
+
+class WrongVariantError(CodeFormerError, ValueError):
+    """A model of variant ``have`` was given to a step that needs variant ``want``."""
+
+    def __init__(self, have: Optional[str], want: str, message: Optional[str] = None):
+        self.have, self.want = have, want
+        super().__init__(message or f"this step needs the {want} model, but the loaded model is the {have} variant")
+
+
+class InputError(CodeFormerError, ValueError):
+    """An image, mask or video the pipeline cannot use (shape, values, unreadable file)."""
+
+
+class ImageReadError(InputError):
+    """An image or mask file that cannot be read."""
+
+
+class VideoError(InputError):
+    """A video that cannot be read or written."""
+
+
+class WeightsError(CodeFormerError):
+    """A problem with a known weight file: unknown name, missing, corrupt, download failed."""
+
+
+class UnknownWeightError(WeightsError, KeyError):
+    """A weight name that the registry does not know."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingWeightError(WeightsError, FileNotFoundError):
+    """A known weight file that is not on disk (and may not be downloaded)."""
+
+
+class CorruptWeightError(WeightsError, ValueError):
+    """A weight file on disk whose checksum or contents are wrong."""
+
+
+class DownloadError(WeightsError, RuntimeError):
+    """Every URL failed; nothing is left under the final name. ``str()`` is one line naming the
+    URLs, the destination and the fix; the attributes carry the details."""
+
+    def __init__(self, message: str, *, urls: Sequence[str] = (), dest: Optional[Path] = None,
+                 errors: Sequence[Tuple[str, str]] = (), partial: Optional[Path] = None,
+                 offline: bool = False) -> None:
+        super().__init__(message)
+        self.urls = tuple(urls)
+        self.dest = dest
+        self.errors = tuple(errors)    # (url, reason) per failed attempt
+        self.partial = partial         # kept .part file (dropped connection), else None
+        self.offline = offline         # no URL produced any HTTP answer
