@@ -1,21 +1,23 @@
 """Batched face alignment: 5-point similarity fit and one grid_sample for all crops.
 
-Written from FACE_NETS.md sections 6 and 9.8 (facexlib 0.3.0 conventions): the FFHQ 5-point
-template, a rotation + uniform-scale + translation fit from the landmarks to the template,
-and a bilinear warp with OpenCV's pixel-centre convention and a constant grey border.
-Frames are float [B,3,H,W] RGB 0..1 on any device; geometry is float32. The small geometry
-(fits, inverses, window placement) runs on the CPU in float64: exact enough for 4K+ frames and
-usable on devices without float64; only the float32 sampling grids go to the device.
+Follows the reference face helper (facexlib 0.3.0, used by CodeFormer's scripts; see
+docs/faces.md): the FFHQ 5-point template, a rotation + uniform-scale + translation fit from the
+landmarks to the template (what OpenCV's ``estimateAffinePartial2D(..., LMEDS)`` computes), and
+a bilinear warp with OpenCV's pixel-centre convention and a constant grey border.
+Frames are float [B,3,H,W] RGB 0..1 on any device; geometry is float32. The affine helpers
+(``geometry.py``) run on the CPU in float64; only the float32 sampling grids go to the device.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 
 from .batch import FaceBatch
+from .geometry import (apply_affine, compose_affine, face_windows, invert_affine, invert_affine64,
+                       pixel_to_normalized, row_chunks, translation, window_grid)
 
 __all__ = [
     "FFHQ_TEMPLATE_512", "BORDER_RGB", "template_for", "estimate_similarity", "invert_affine",
@@ -60,11 +62,6 @@ def _ls_similarity(src: torch.Tensor, dst: torch.Tensor, w: torch.Tensor) -> tor
     return torch.stack([torch.stack([a, -b, tx], -1), torch.stack([b, a, ty], -1)], 1)
 
 
-def _apply(aff: torch.Tensor, pts: torch.Tensor) -> torch.Tensor:
-    """Apply [...,2,3] affines to [...,P,2] points."""
-    return pts @ aff[..., :2].transpose(-1, -2) + aff[..., None, :, 2]
-
-
 def estimate_similarity(landmarks: torch.Tensor, template: Optional[torch.Tensor] = None,
                         robust: bool = True) -> torch.Tensor:
     """Similarity (rotation, uniform scale, translation) mapping landmarks -> template.
@@ -77,7 +74,7 @@ def estimate_similarity(landmarks: torch.Tensor, template: Optional[torch.Tensor
     the least median squared residual wins, points farther than 2.5 robust sigmas from it are
     dropped, and the least-squares fit is redone on the remaining points. With 5 consistent
     landmarks nothing is dropped and the result is the plain least-squares (Umeyama) fit; a
-    landmark off by about an eye distance is rejected, as OpenCV does (FACE_NETS 9.8).
+    landmark off by about an eye distance is rejected, as OpenCV's LMEDS does.
     """
     out_dev = landmarks.device
     lm = landmarks.detach().to(device="cpu", dtype=torch.float64)
@@ -118,84 +115,6 @@ def estimate_similarity(landmarks: torch.Tensor, template: Optional[torch.Tensor
     return _ls_similarity(lm, tmpl, w).to(device=out_dev, dtype=torch.float32)
 
 
-def invert_affine(affines: torch.Tensor) -> torch.Tensor:
-    """Inverse of [N,2,3] affines (computed in float64, returned float32 on their device)."""
-    return _invert64(affines).to(device=affines.device, dtype=torch.float32)
-
-
-def _invert64(affines: torch.Tensor) -> torch.Tensor:
-    """Inverse of [...,2,3] affines, float64 on the CPU."""
-    a = affines.detach().to(device="cpu", dtype=torch.float64)
-    lin = a[..., :2]
-    det = lin[..., 0, 0] * lin[..., 1, 1] - lin[..., 0, 1] * lin[..., 1, 0]
-    det = torch.where(det.abs() > 1e-300, det, torch.full_like(det, 1e-300))
-    inv = torch.stack([torch.stack([lin[..., 1, 1], -lin[..., 0, 1]], -1),
-                       torch.stack([-lin[..., 1, 0], lin[..., 0, 0]], -1)], -2) / det[..., None, None]
-    t = -(inv @ a[..., 2:3])
-    return torch.cat([inv, t], -1)
-
-
-def _roi_origin(lo: torch.Tensor, hi: torch.Tensor, limit: int) -> Tuple[torch.Tensor, int]:
-    """Common window length and per-face origins so every [lo, hi] (inclusive) fits, clipped.
-
-    The window stays inside [0, limit): a face partly outside the image needs no more than the
-    part that exists, and shifting a shorter window inward only adds pixels.
-    """
-    lo_c = lo.clamp(0, limit - 1)
-    hi_c = hi.clamp(0, limit - 1)
-    length = int((hi_c - lo_c + 1).clamp_min(1).max().item()) if lo.numel() else 1
-    length = min(max(length, 1), limit)
-    origin = torch.minimum(lo_c, torch.full_like(lo_c, limit - length))
-    return origin, length
-
-
-# PyTorch runs CPU ops on fewer elements than its intra-op grain size (32768) inline, without
-# waking the thread pool. Per-face window copies are split into such pieces: on a busy,
-# oversubscribed CPU every pool wake-up can cost a scheduler time slice (milliseconds).
-_CPU_GRAIN = 32767
-
-
-def row_chunks(h: int, row_elems: int, device) -> list:
-    """Row ranges covering 0..h; on CPU each holds fewer than the grain size of elements."""
-    if torch.device(device).type != "cpu":
-        return [(0, h)]
-    step = max(1, _CPU_GRAIN // max(1, row_elems))
-    return [(r, min(h, r + step)) for r in range(0, h, step)]
-
-
-def _window_grid(c: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
-    """grid [N,h,w,2] float32 on ``device`` with grid[n,y,x] = c[n] @ (x, y, 1).
-
-    c [N,2,3] float64 (CPU). Built from small per-row / per-column vectors (float64, then
-    float32) and one broadcast add per coordinate on the device: cheaper than F.affine_grid
-    and accurate, since the big offsets are folded in float64 first.
-    """
-    n = c.shape[0]
-    c = c.to(device="cpu", dtype=torch.float64)
-    xs = torch.arange(w, dtype=torch.float64)
-    ys = torch.arange(h, dtype=torch.float64)
-    grid = torch.empty(n, h, w, 2, device=device, dtype=torch.float32)
-    for k in range(2):
-        ax = (c[:, k, 0, None] * xs + c[:, k, 2, None]).to(device=device, dtype=torch.float32)
-        by = (c[:, k, 1, None] * ys).to(device=device, dtype=torch.float32)
-        torch.add(ax[:, None, :], by[:, :, None], out=grid[..., k])
-    return grid
-
-
-def _pixel_to_normalized(size_w: int, size_h: int, dtype=torch.float64, device=None) -> torch.Tensor:
-    """[2,3] map from pixel coordinates (centres at integers) to grid_sample's
-    align_corners=False normalised coordinates: (2 x + 1) / W - 1."""
-    return torch.tensor([[2.0 / size_w, 0.0, 1.0 / size_w - 1.0],
-                         [0.0, 2.0 / size_h, 1.0 / size_h - 1.0]], dtype=dtype, device=device)
-
-
-def _compose(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Affine a after b, both [...,2,3]."""
-    lin = a[..., :2] @ b[..., :2]
-    t = a[..., :2] @ b[..., 2:] + a[..., 2:]
-    return torch.cat([lin, t], -1)
-
-
 def warp_faces(frames: torch.Tensor, affines: torch.Tensor, frame_index: torch.Tensor,
                size: int = 512, border_rgb: Sequence[float] = BORDER_RGB) -> torch.Tensor:
     """Aligned crops [N,3,size,size] float32 from frames [B,3,H,W] (0..1) and frame->crop affines.
@@ -218,16 +137,13 @@ def warp_faces(frames: torch.Tensor, affines: torch.Tensor, frame_index: torch.T
     if n == 0:
         return torch.zeros(0, 3, size, size, dtype=torch.float32, device=dev)
     fidx = frame_index.to(device=dev, dtype=torch.long)
-    inv = _invert64(affines)                                              # crop -> frame, CPU
+    inv = invert_affine64(affines)                                        # crop -> frame, CPU
     # Source window: bounding box of the sampled positions (crop pixel centres 0..size-1) +-1 tap.
     corners = torch.tensor([[0.0, 0.0], [size - 1.0, 0.0], [0.0, size - 1.0],
                             [size - 1.0, size - 1.0]], dtype=torch.float64)
-    pts = _apply(inv, corners[None])                                       # [N,4,2]
+    pts = apply_affine(inv, corners[None])                                 # [N,4,2]
     pmin, pmax = pts.amin(1), pts.amax(1)
-    lo = pmin.floor().clamp(-1e9, 1e9).long() - 1
-    hi = pmax.ceil().clamp(-1e9, 1e9).long() + 1
-    y0, h = _roi_origin(lo[:, 1], hi[:, 1], H)
-    x0, w = _roi_origin(lo[:, 0], hi[:, 0], W)
+    y0, h, x0, w = face_windows(pts, H, W, margin=1)
     # A tap leaves the frame only if a sample position is outside [0, W-1] x [0, H-1].
     outside = (pmin[:, 0] < 0) | (pmin[:, 1] < 0) | (pmax[:, 0] > W - 1) | (pmax[:, 1] > H - 1)
     roi = torch.empty(n, 3, h, w, dtype=torch.float32, device=dev)
@@ -239,13 +155,9 @@ def warp_faces(frames: torch.Tensor, affines: torch.Tensor, frame_index: torch.T
         bval = torch.tensor([float(v) / 255.0 for v in border_rgb], device=dev, dtype=torch.float32)
         border = bval.view(1, 3, 1, 1) * outside.to(device=dev, dtype=torch.float32).view(n, 1, 1, 1)
         roi = roi - border
-    shift = torch.zeros(n, 2, 3, dtype=torch.float64)
-    shift[:, 0, 0] = 1.0
-    shift[:, 1, 1] = 1.0
-    shift[:, 0, 2] = -x0.to(torch.float64)
-    shift[:, 1, 2] = -y0.to(torch.float64)
-    c = _compose(_pixel_to_normalized(w, h), _compose(shift, inv))
-    grid = _window_grid(c, size, size, dev)
+    # window pixels -> normalised window coordinates, after crop -> frame -> window pixels
+    c = compose_affine(pixel_to_normalized(w, h), compose_affine(translation(-x0, -y0), inv))
+    grid = window_grid(c, size, size, dev)
     crops = F.grid_sample(roi, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     if border is not None:
         crops += border
@@ -300,7 +212,7 @@ def align_faces(frames: torch.Tensor, landmarks: torch.Tensor, frame_index: torc
     if boxes is None:
         sq = torch.tensor([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]],
                           dtype=torch.float32, device=dev) - 0.5
-        pts = _apply(inverse, sq[None])
+        pts = apply_affine(inverse, sq[None])
         boxes = torch.cat([pts.amin(1), pts.amax(1)], -1)
     boxes = boxes.detach().to(device=dev, dtype=torch.float32).reshape(n, 4)
     scores = (torch.ones(n, device=dev) if scores is None

@@ -1,7 +1,8 @@
 """Batched paste-back of restored face crops into (optionally upscaled) frames.
 
-Written from FACE_NETS.md sections 5, 6 and 9.7 (facexlib 0.3.0 recipe). Everything runs as a
-few batched tensor ops on the frames' device:
+Follows the reference face helper's paste-back (facexlib 0.3.0; the rules, including OpenCV's
+kernel and border details, are written out in docs/faces.md). Everything runs as a few batched
+tensor ops on the frames' device:
 
 * each face is inverse-warped only over its own window of the output (a common window size for
   all faces, so one grid_sample covers every face of the batch), never over the whole frame;
@@ -21,18 +22,20 @@ from typing import Callable, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
-from .align import (_apply, _compose, _invert64, _pixel_to_normalized, _roi_origin,
-                    _window_grid, row_chunks)
 from .batch import FaceBatch
+from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
+                       row_chunks, translation, window_grid)
 
 __all__ = ["paste_faces", "paste_affines", "parse_labels_to_masks", "resize_lanczos4", "resize_frames",
            "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d", "to_luminance"]
 
-# facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (FACE_NETS §5).
+# facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (0 = dropped:
+# background, neck, cloth, hair, hat in the CelebAMask-HQ order).
 PARSE_LABEL_WEIGHTS = (0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 0, 255,
                        0, 0, 0)
 
-# OpenCV replaces the sigma formula by these fixed kernels for ksize <= 9 (FACE_NETS §9.7).
+# cv2.GaussianBlur with sigma 0 derives sigma from ksize, except for ksize <= 9, where it uses
+# these fixed kernels (OpenCV 4.x and 5.0); small faces get such feathers.
 _FIXED_GAUSS = {
     1: (1.0,),
     3: (1.0, 2.0, 1.0),
@@ -256,8 +259,8 @@ def resize_frames(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
 def parse_labels_to_masks(labels: torch.Tensor) -> torch.Tensor:
     """ParseNet label maps [N,S,S] (int) -> paste weights [N,1,S,S] float32 in 0..1.
 
-    FACE_NETS §5: per-label weight (0/255) -> Gaussian 101x101, sigma 11, twice, reflect-101
-    -> a 10-pixel band on all sides set to 0 -> /255. The soft edge keeps hair and background
+    As the reference: per-label weight (0/255) -> Gaussian 101x101, sigma 11, twice, reflect-101
+    border -> a 10-pixel band on all sides set to 0 -> /255. The soft edge keeps hair and background
     of the original while the face blends in.
     """
     if labels.dim() == 2:
@@ -322,7 +325,7 @@ def paste_affines(inverse_affines: torch.Tensor, upscale: float = 1.0, crop_size
         r = crop_size / restored_size
         pre = torch.tensor([[r, 0.0, 0.5 * r - 0.5], [0.0, r, 0.5 * r - 0.5]],
                            dtype=torch.float64)
-        inv = _compose(inv, pre)
+        inv = compose_affine(inv, pre)
     inv = inv * float(upscale)
     if upscale > 1:
         inv[..., 2] += 0.5 * float(upscale)
@@ -413,27 +416,19 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
 
     # ---- geometry (float64): restored-crop pixels <-> output pixels
     inv = paste_affines(faces.inverse_affines, s, faces.crop_size, Sr)   # CPU float64
-    fwd = _invert64(inv)                                   # output pixels -> restored crop pixels
+    fwd = invert_affine64(inv)                             # output pixels -> restored crop pixels
     # The warped mask is non-zero where the crop position lies in (-1, Sr); the soft mask can
     # reach one pixel further (even erosion anchor, whatever the feather); 3 pixels of margin
     # cover both and keep the window's edge pixels 0 (the blur pads interior sides with them).
     margin = 3
     corners = torch.tensor([[-1.0, -1.0], [Sr, -1.0], [-1.0, Sr], [Sr, Sr]], dtype=torch.float64)
-    pts = _apply(inv, corners[None])
-    lo = pts.amin(1).floor().clamp(-1e9, 1e9).long() - margin
-    hi = pts.amax(1).ceil().clamp(-1e9, 1e9).long() + margin
-    y0, h = _roi_origin(lo[:, 1], hi[:, 1], Hs)
-    x0, w = _roi_origin(lo[:, 0], hi[:, 0], Ws)
+    y0, h, x0, w = face_windows(apply_affine(inv, corners[None]), Hs, Ws, margin)
     reflect_sides = torch.stack([y0 == 0, y0 + h == Hs, x0 == 0, x0 + w == Ws], 1).to(dev)
 
     # ---- one warp for all faces (face pixels, plus the parse mask as a 4th channel)
-    shift = torch.zeros(n, 2, 3, dtype=torch.float64)
-    shift[:, 0, 0] = 1.0
-    shift[:, 1, 1] = 1.0
-    shift[:, 0, 2] = x0.to(torch.float64)
-    shift[:, 1, 2] = y0.to(torch.float64)
-    c = _compose(_pixel_to_normalized(Sr, Sr), _compose(fwd, shift))
-    grid = _window_grid(c, h, w, dev)                         # normalised crop coordinates
+    # window pixels -> output pixels -> restored-crop pixels -> normalised crop coordinates
+    c = compose_affine(pixel_to_normalized(Sr, Sr), compose_affine(fwd, translation(x0, y0)))
+    grid = window_grid(c, h, w, dev)
     warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     face = warped[:, :3].clamp_(0.0, 1.0)  # restored crops may overshoot (network output)
     if pm is not None:
@@ -452,7 +447,7 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
             w_edge = torch.floor(torch.sqrt(area)).long() // 20
         else:
             w_edge = torch.full((n,), int(feather), dtype=torch.long, device=dev)
-        # OpenCV turns the empty kernel of w_edge = 0 into a 3x3 square (FACE_NETS 9.7).
+        # cv2.erode given the empty kernel of w_edge = 0 erodes by a 3x3 square instead.
         m2 = _erode(m1, torch.where(w_edge == 0, torch.full_like(w_edge, 3), 2 * w_edge))
         ks = (2 * w_edge + 1).tolist()
         K = max(ks)
