@@ -44,6 +44,15 @@ PAYLOAD_SHA = hashlib.sha256(PAYLOAD).hexdigest()
 
 # ---------------------------------------------------------------- registry content
 
+def test_every_task_names_a_registry_file_of_its_variant():
+    """tasks.TASKS and weights/registry.json must agree on which file does which task."""
+    from codeformer_core.tasks import TASKS
+    assert set(TASKS) == {"restore", "colorize", "inpaint"}
+    for task in TASKS.values():
+        e = get_entry(task.weight)
+        assert (e.kind, e.variant) == ("codeformer", task.variant), task.name
+
+
 def test_registry_raw_entries_have_every_field():
     raw = json.loads(weights.registry_path().read_text())["weights"]
     required = {"file", "urls", "sha256", "size", "kind", "variant", "folder"}
@@ -202,7 +211,7 @@ def local_registry(monkeypatch):
 def test_ensure_weight_returns_existing_file_without_network(local_registry, tmp_path, monkeypatch):
     def no_download(*a, **k):
         raise AssertionError("network used for an existing file")
-    monkeypatch.setattr(weights, "_download", no_download)
+    monkeypatch.setattr(weights.downloader, "download", no_download)
     dest = tmp_path / "facedetection" / "parsing_parsenet.pth"
     dest.parent.mkdir()
     dest.write_bytes(b"x")

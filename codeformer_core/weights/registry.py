@@ -14,7 +14,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
-from .download import DEFAULT_TIMEOUT, ProgressFn, download as _download, file_sha256
+from . import download as downloader
+from .download import DEFAULT_TIMEOUT, ProgressFn, file_sha256
 from ..errors import CorruptWeightError, MissingWeightError, UnknownWeightError
 
 __all__ = [
@@ -289,5 +290,5 @@ def ensure_weight(name: Union[str, WeightEntry], models_dir: Union[str, os.PathL
     elif not download:
         raise MissingWeightError(f"{entry.file} not found at {dest}; download {entry.url} "
                                  f"and place it there (or allow automatic downloads)")
-    return _download(entry.urls, dest, sha256=entry.sha256, expected_size=entry.size,
-                     progress=progress, timeout=timeout)
+    return downloader.download(entry.urls, dest, sha256=entry.sha256, expected_size=entry.size,
+                               progress=progress, timeout=timeout)
