@@ -3,7 +3,8 @@
 The one entry point used by the ComfyUI nodes and the command line alike is
 ``restore_images``; the steps are public too so the modular nodes can run them one by one.
 Frames are processed in chunks (all faces of a chunk go through the network together); on
-an out-of-memory error the chunk is halved and retried.
+an out-of-memory error the chunk is halved and retried (``chunks.run_in_chunks``, which also
+sizes the network batches).
 """
 from __future__ import annotations
 
@@ -14,21 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
-from .cpu_memory import retain_freed_memory
-from .faces.detect import Detections, FaceDetector
-from .faces.batch import FaceBatch
-from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
+from .chunks import run_in_chunks
 from .errors import WrongVariantError
+from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
+from .faces.batch import FaceBatch
+from .faces.detect import Detections, FaceDetector
+from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
+from .tasks import BY_VARIANT, TASKS
 
 Tensor = torch.Tensor
 Progress = Optional[Callable[[int, int], None]]
 Interrupt = Optional[Callable[[], None]]
 
 MODEL_SIZE = 512
-TASK_VARIANT = {"restore": "restoration", "colorize": "colorization", "inpaint": "inpainting"}
-TASK_NODE = {"restore": "CodeFormer Restore Faces", "colorize": "CodeFormer Colorize Faces",
-             "inpaint": "CodeFormer Inpaint Faces"}
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -143,15 +142,21 @@ def aligned_faces(frames: Tensor) -> FaceBatch:
 
 
 # -- the network -------------------------------------------------------------------------------
+def model_task(model) -> str:
+    """The task a model performs, by its ``variant`` ("restore" when the variant is unknown)."""
+    task = BY_VARIANT.get(getattr(model, "variant", None))
+    return task.name if task is not None else "restore"
+
+
 def check_variant(model, task: str) -> None:
-    """Refuse a model of the wrong variant with a message naming the node/command to use."""
-    want = TASK_VARIANT[task]
+    """Refuse a model of the wrong variant: ``WrongVariantError(have, want)``, a neutral message.
+
+    Each front end words its own hint (the node to use, the command to run) from ``have``/``want``.
+    """
+    want = TASKS[task].variant
     have = getattr(model, "variant", None)
     if have != want:
-        use = next((t for t, v in TASK_VARIANT.items() if v == have), None)
-        hint = f"; use {TASK_NODE[use]} (CLI: codeformer {use}) for it" if use else ""
-        raise WrongVariantError(have, want, f"this step needs the {want} model, but the loaded model is the "
-                                f"{have} variant{hint}, or load the {want} checkpoint")
+        raise WrongVariantError(have, want)
 
 
 def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adain: Optional[bool] = None,
@@ -163,38 +168,23 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
     """
     n = int(crops.shape[0])
     total = n if total is None else total
-    param = next(model.parameters())
+    device = next(model.parameters()).device
     out = torch.empty(n, 3, MODEL_SIZE, MODEL_SIZE, device=crops.device, dtype=torch.float32)
     w_all = w.to(torch.float32).reshape(-1) if isinstance(w, Tensor) else None
-    start, step = 0, max(1, int(batch_size))
-    with retain_freed_memory():  # CPU: reuse activation memory across batches (cpu_memory.py)
-        while start < n:
-            if check_interrupt is not None:
-                check_interrupt()
-            stop = min(n, start + step)
-            x = crops[start:stop].to(param.device, torch.float32, non_blocking=True)
-            if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
-                x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
-                                  antialias=True)
-            try:
-                with torch.inference_mode():
-                    y = model(x * 2 - 1, w=w_all[start:stop] if w_all is not None else w, adain=adain)
-            except torch.OutOfMemoryError:
-                if step == 1:
-                    raise
-                step = max(1, step // 2)
-                _empty_cache(param.device)
-                continue
-            out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
-            start = stop
-            if progress is not None:
-                progress(done_offset + start, total)
+
+    def batch(start: int, stop: int) -> None:
+        x = crops[start:stop].to(device, torch.float32, non_blocking=True)
+        if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
+            x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
+                              antialias=True)
+        with torch.inference_mode():
+            y = model(x * 2 - 1, w=w_all[start:stop] if w_all is not None else w, adain=adain)
+        out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
+        if progress is not None:
+            progress(done_offset + stop, total)
+
+    run_in_chunks(n, batch_size, batch, device=device, check_interrupt=check_interrupt)
     return out
-
-
-def _empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor] = 0.5, **run_kwargs) -> FaceBatch:
@@ -288,7 +278,7 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
     ``frames_per_chunk`` None sizes chunks to the memory available on the device.
     """
-    task = task or {v: t for t, v in TASK_VARIANT.items()}.get(getattr(model, "variant", None), "restore")
+    task = task or model_task(model)
     check_variant(model, task)
     if detector is None and not has_aligned:
         raise ValueError("a face detector is needed unless the images are already aligned faces")
@@ -297,46 +287,39 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     b = frames_all.shape[0]
     if b == 0:
         return RestoreResult(torch.zeros(0, *frames_all.shape[-2:], 3), torch.zeros(0, *frames_all.shape[-2:]), [])
-    out_images, out_masks, counts = [], [], []
     if frames_per_chunk is None:
         frames_per_chunk = auto_frames_per_chunk(frames_all.shape[-2], frames_all.shape[-1], work_device, upscale)
-    done_faces, step, start = 0, max(1, int(frames_per_chunk)), 0
-    while start < b:
-        stop = min(b, start + step)
-        try:
-            frames = frames_all[start:stop].to(work_device)
-            faces = aligned_faces(frames) if has_aligned else \
-                detect_faces(frames, detector, smoother=smoother, **detect_kwargs)
-            run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=done_faces,
-                       total=None, progress=(None if progress is None else
-                                             (lambda d, _t: progress(d, max(d, done_faces + len(faces))))))
-            if task == "restore":
-                faces = restore_faces(model, faces, w=w, **run)
-            elif task == "colorize":
-                faces = colorize_faces(model, faces, **run)
-            else:
-                masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop)
-                faces = inpaint_faces(model, faces, masks, **run)
-            parse = parse_masks_for(parser, faces.crops) if parser is not None and len(faces) else None
-            if has_aligned:
-                pasted, mask = _resize_aligned(faces, upscale)
-            else:
-                restored = face_upscaler(faces.crops) if face_upscaler is not None and len(faces) else None
-                pasted, mask = paste_faces(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
-                                           visibility=visibility, color_match=color_match,
-                                           background_upscaler=background_upscaler)
-        except torch.OutOfMemoryError:
-            if step == 1:
-                raise
-            step = max(1, step // 2)
-            _empty_cache(torch.device(work_device))
-            continue
-        out_images.append(from_frames(pasted))
-        out_masks.append(mask[:, 0].float().cpu())
-        counts += faces.counts_per_frame().tolist()
-        done_faces += len(faces)
-        start = stop
-    return RestoreResult(torch.cat(out_images), torch.cat(out_masks), counts)
+    done_faces = 0  # faces finished in earlier chunks: the progress offset
+
+    def chunk(start: int, stop: int):
+        nonlocal done_faces
+        frames = frames_all[start:stop].to(work_device)
+        faces = aligned_faces(frames) if has_aligned else \
+            detect_faces(frames, detector, smoother=smoother, **detect_kwargs)
+        offset, n_faces = done_faces, len(faces)
+        run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=offset,
+                   progress=None if progress is None else (lambda d, _t: progress(d, max(d, offset + n_faces))))
+        if task == "restore":
+            faces = restore_faces(model, faces, w=w, **run)
+        elif task == "colorize":
+            faces = colorize_faces(model, faces, **run)
+        else:
+            masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop)
+            faces = inpaint_faces(model, faces, masks, **run)
+        parse = parse_masks_for(parser, faces.crops) if parser is not None and n_faces else None
+        if has_aligned:
+            pasted, mask = _resize_aligned(faces, upscale)
+        else:
+            restored = face_upscaler(faces.crops) if face_upscaler is not None and n_faces else None
+            pasted, mask = paste_faces(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
+                                       visibility=visibility, color_match=color_match,
+                                       background_upscaler=background_upscaler)
+        done_faces += n_faces
+        return from_frames(pasted), mask[:, 0].float().cpu(), faces.counts_per_frame().tolist()
+
+    parts = run_in_chunks(b, frames_per_chunk, chunk, device=work_device)
+    return RestoreResult(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
+                         [c for p in parts for c in p[2]])
 
 
 def auto_frames_per_chunk(height: int, width: int, device, upscale: float = 1.0,

@@ -11,8 +11,9 @@ from PIL import Image
 
 from codeformer_core.faces.align import align_faces
 from codeformer_core.faces.detect import load_detector
-from codeformer_core.pipeline import (WrongVariantError, colorize_faces, crop_hole_masks, gray_model_input,
-                                      inpaint_faces, restore_faces, restore_images, run_network, to_frames)
+from codeformer_core.errors import WrongVariantError
+from codeformer_core.pipeline import (colorize_faces, crop_hole_masks, gray_model_input, inpaint_faces,
+                                      restore_faces, restore_images, run_network, to_frames)
 from codeformer_core.dev.synthetic import synth_state_dict
 
 FACE = Path(__file__).parent / "data" / "face_golden"
@@ -68,11 +69,18 @@ def test_to_frames_accepts_gray_alpha_16bit_and_refuses_nan():
         to_frames(torch.rand(1, 4, 4, 5))
 
 
-def test_wrong_variant_names_the_right_node(faces, synthetic_model):
-    with pytest.raises(WrongVariantError, match="inpainting variant; use CodeFormer Inpaint Faces"):
+def test_wrong_variant_carries_have_and_want(faces, synthetic_model):
+    """The core says what it has and needs; the hint (which node, which command) is the front end's."""
+    with pytest.raises(WrongVariantError, match="needs the restoration model.*inpainting variant") as ei:
         restore_faces(synthetic_model("inpainting"), faces)
-    with pytest.raises(WrongVariantError, match="needs the colorization model"):
+    assert (ei.value.have, ei.value.want) == ("inpainting", "restoration")
+    assert "CodeFormer" not in str(ei.value) and "codeformer " not in str(ei.value)  # no UI names
+    with pytest.raises(WrongVariantError, match="needs the colorization model") as ei:
         colorize_faces(synthetic_model("restoration"), faces)
+    assert (ei.value.have, ei.value.want) == ("restoration", "colorization")
+    with pytest.raises(WrongVariantError) as ei:
+        restore_images(torch.rand(1, 8, 8, 3), synthetic_model("inpainting"), task="colorize", has_aligned=True)
+    assert (ei.value.have, ei.value.want) == ("inpainting", "colorization")
 
 
 def test_out_of_memory_halves_the_batch(faces):

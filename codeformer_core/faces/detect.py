@@ -1,7 +1,8 @@
 """Batched face detection: RetinaFace over all frames of a batch, results in frame pixels.
 
-The network, decoding and NMS run once per chunk of frames on the detector's device; only
-the per-frame selection bookkeeping is done with vectorised index arithmetic afterwards.
+The network, decoding and NMS run once per chunk of frames on the detector's device (a chunk
+that runs out of memory is halved: ``chunks.run_in_chunks``); only the per-frame selection
+bookkeeping is done with vectorised index arithmetic afterwards.
 
 Defaults follow CodeFormer's own inference helper (conf 0.8, NMS 0.4, short side 640),
 which is what users compare this node pack against. facexlib's helper uses conf 0.97 and
@@ -15,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ..chunks import run_in_chunks
 from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, load_retinaface,
                          preprocess_rgb01, prior_boxes)
 
@@ -155,10 +157,9 @@ class FaceDetector:
         # so scaling by the ORIGINAL size maps straight back to frame pixels.
         box_scale = torch.tensor([width, height, width, height], dtype=torch.float32, device=device)
         point_scale = torch.tensor([width, height], dtype=torch.float32, device=device)
-        step = num_frames if chunk_size <= 0 else chunk_size
-        parts = []
-        for start in range(0, num_frames, step):
-            x = frames[start:start + step].to(device=device, dtype=torch.float32)
+
+        def chunk(start: int, stop: int):
+            x = frames[start:stop].to(device=device, dtype=torch.float32)
             if (net_h, net_w) != (height, width):
                 shrink = net_h < height
                 x = F.interpolate(x, size=(net_h, net_w), mode="area" if shrink else "bilinear",
@@ -171,7 +172,9 @@ class FaceDetector:
             points = decode_landmarks(landms[frame_ids, prior_ids].float(), cand_priors) * point_scale
             cand_scores = scores[frame_ids, prior_ids]
             keep = batched_nms(boxes, cand_scores, frame_ids, nms_threshold)
-            parts.append((boxes[keep], cand_scores[keep], points[keep], frame_ids[keep] + start))
+            return boxes[keep], cand_scores[keep], points[keep], frame_ids[keep] + start
+
+        parts = run_in_chunks(num_frames, num_frames if chunk_size <= 0 else chunk_size, chunk, device=device)
         if not parts:
             return Detections.empty(num_frames, (height, width), device)
         boxes, scores, points, frame_index = (torch.cat(p) for p in zip(*parts))
