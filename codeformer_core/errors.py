@@ -38,6 +38,14 @@ class VideoError(InputError):
     """A video that cannot be read or written."""
 
 
+class MissingDependencyError(CodeFormerError, ImportError):
+    """An optional package (``package``: spandrel, av ...) that a requested feature needs."""
+
+    def __init__(self, package: str, message: str):
+        super().__init__(message, name=package)
+        self.package = package
+
+
 class WeightsError(CodeFormerError):
     """A problem with a known weight file: unknown name, missing, corrupt, download failed."""
 
@@ -70,3 +78,9 @@ class DownloadError(WeightsError, RuntimeError):
         self.errors = tuple(errors)    # (url, reason) per failed attempt
         self.partial = partial         # kept .part file (dropped connection), else None
         self.offline = offline         # no URL produced any HTTP answer
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an error's message (its type name when the message is empty)."""
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__

@@ -20,7 +20,7 @@ import torch
 
 from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading,
                           models_dir)
-from codeformer_core.cli import main as cli
+from codeformer_core import cli
 from codeformer_core.weights import registry as weights
 from codeformer_core.io.images import read_image
 from local_http import closed_port_url, serve
@@ -156,8 +156,9 @@ def test_whole_image_restored(whole_run):
 
 
 def test_spandrel_upscaler_tiles_match_whole(rrdb_file):
-    up_tiled = cli.load_upscaler(rrdb_file, "cpu", tile=24)
-    up_whole = cli.load_upscaler(rrdb_file, "cpu", tile=0)
+    from codeformer_core.io.upscale import load_upscaler
+    up_tiled = load_upscaler(rrdb_file, "cpu", tile=24)
+    up_whole = load_upscaler(rrdb_file, "cpu", tile=0)
     assert up_tiled.scale == 2
     x = torch.rand(1, 3, 50, 70)
     a, b = up_tiled(x), up_whole(x)
@@ -172,6 +173,28 @@ def test_bad_upscaler_file_is_one_line_error(capsys, tmp_path, models):
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
     rc, _, err = run(capsys, "restore", src, "--bg-upsampler", bad, "--models", models, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and "spandrel" in err and "Traceback" not in err
+
+
+def test_upscaler_without_spandrel_says_what_to_install(capsys, tmp_path, models, rrdb_file, monkeypatch):
+    from codeformer_core.errors import MissingDependencyError
+    from codeformer_core.io.upscale import load_upscaler
+    monkeypatch.setitem(sys.modules, "spandrel", None)   # import spandrel -> ImportError
+    with pytest.raises(MissingDependencyError) as ei:
+        load_upscaler(rrdb_file, "cpu")
+    assert ei.value.package == "spandrel" and "pip install spandrel" in str(ei.value)
+    src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
+    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", rrdb_file, "--models", models, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR and "--bg-upsampler needs spandrel: pip install spandrel" in err
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+def test_wrong_variant_names_the_command_to_use(capsys, tmp_path, models):
+    src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
+    ckpt = models / "facerestore_models" / "codeformer.pth"       # a restoration checkpoint
+    rc, _, err = run(capsys, "colorize", src, "--model", ckpt, "--models", models, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR and err.count("\n") == 1 and "Traceback" not in err
+    assert "'codeformer colorize' needs the colorization model" in err
+    assert "codeformer.pth is the restoration variant; use 'codeformer restore'" in err
 
 
 # ----------------------------------------------------------------------------- folders

@@ -12,7 +12,7 @@ import pytest
 
 from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, cache_model_loading, make_video, models_dir,
                           video_facts)
-from codeformer_core.cli import main as cli
+from codeformer_core import cli
 from codeformer_core.io.video import VideoReader, retime_counts
 
 pytest.importorskip("av")

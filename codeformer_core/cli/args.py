@@ -1,0 +1,147 @@
+"""The command line's options: ``restore | colorize | inpaint`` and ``weights ...``."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..tasks import TASKS
+from . import run, weights_cmd
+from .console import EXIT_CODES_HELP, EXIT_USAGE
+
+DETECTORS = ("retinaface_resnet50", "retinaface_mobilenet0.25")
+TASK_HELP = {"restore": "restore faces (fidelity -w)", "colorize": "colorize gray or faded faces",
+             "inpaint": "fill masked / white regions of faces"}
+
+
+def _task_options(p: argparse.ArgumentParser, task: str) -> None:
+    from ..models.loader import DTYPE_CHOICES
+    suffix = TASKS[task].suffix
+    p.add_argument("input", help="an image, a video (.mp4 .mov .avi .mkv .webm) or a folder of them")
+    p.add_argument("-o", "--output", help="output file or folder (default: next to a file input as "
+                   f"NAME{suffix}.EXT; for a folder, a sibling folder FOLDER{suffix})")
+    if task == "restore":
+        p.add_argument("-w", "--fidelity", type=float, default=0.5,
+                       help="0 = strongest restoration (quality), 1 = closest to the input (fidelity); "
+                            "default 0.5")
+    else:
+        p.set_defaults(fidelity=0.5)
+    p.set_defaults(mask=None)
+    if task == "inpaint":
+        p.add_argument("--mask", metavar="FILE", help="mask image of the input's size, white = hole; "
+                       "default: pure white pixels of the input are the hole (as the original)")
+    g = p.add_argument_group("faces")
+    g.add_argument("-s", "--upscale", type=float, default=None,
+                   help="output scale of the whole image (default 2; 1 with --has-aligned); video sizes are "
+                        "rounded down to even numbers for the encoder")
+    g.add_argument("--has-aligned", action="store_true",
+                   help="inputs are already cropped and aligned 512x512 faces (no detection)")
+    g.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
+    g.add_argument("--max-faces", type=int, default=0, help="at most this many faces per frame, largest first (0 = all)")
+    g.add_argument("--draw-box", action="store_true", help="draw the detected face boxes on the output")
+    g.add_argument("--detector", choices=DETECTORS, default="retinaface_resnet50", help="face detector")
+    g.add_argument("--detection-threshold", type=float, default=0.8, metavar="P",
+                   help="face confidence threshold (default 0.8, as the original)")
+    g.add_argument("--detection-resolution", type=int, default=640, metavar="PX",
+                   help="short side the detector sees (default 640; 0 = original size)")
+    g.add_argument("--parse", action=argparse.BooleanOptionalAction, default=False,
+                   help="blend faces back with a ParseNet face mask instead of the square feathered "
+                        "mask (the original scripts use it; downloads parsing_parsenet.pth)")
+    g.add_argument("--color-match", action="store_true", help="match restored faces' colours to the input")
+    g = p.add_argument_group("background")
+    g.add_argument("--bg-upsampler", metavar="PATH",
+                   help="upscaler file spandrel can load (e.g. RealESRGAN_x2plus.pth) or a registry name "
+                        "(realesrgan_x2plus); used for the background when -s > 1")
+    g.add_argument("--bg-tile", type=int, default=400, metavar="PX",
+                   help="tile size for the upsampler (default 400, 0 = whole frame)")
+    g.add_argument("--face-upsample", action="store_true",
+                   help="also upsample the restored faces with the background upsampler before pasting")
+    g = p.add_argument_group("output and video")
+    g.add_argument("--suffix", default=None, help=f"added to output names (default {suffix} "
+                   "for a single file, none inside an output folder)")
+    g.add_argument("--skip-existing", action="store_true", help="leave inputs whose output exists")
+    g.add_argument("--fps", type=float, default=None,
+                   help="output video frame rate (default: the input's); frames are dropped or repeated "
+                        "so the duration and audio sync are kept")
+    g.add_argument("--smooth", type=float, default=0.5, metavar="S",
+                   help="video landmark smoothing across frames against flicker, 0..1 (default 0.5, 0 = off)")
+    g.add_argument("--crf", type=int, default=None, help="video quality (x264 default 18, VP9 32; lower = better)")
+    g.add_argument("--video-codec", default=None, help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
+    g = p.add_argument_group("performance and models")
+    g.add_argument("--batch-size", type=int, default=4, help="faces per network batch (default 4)")
+    g.add_argument("--frames-per-chunk", type=int, default=8,
+                   help="video frames decoded and restored together (faces batched across them; default 8)")
+    g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
+    g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
+                   help="network precision (auto: fp16 on CUDA, fp32 elsewhere)")
+    g.add_argument("--model", metavar="PATH", help="CodeFormer checkpoint to use instead of the registry file "
+                   "(.pth or .safetensors)")
+    _models_option(g)
+    g.add_argument("--no-download", action="store_true", help="never download; fail if a weight file is missing")
+    g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
+    g.add_argument("--debug", action="store_true", help="show tracebacks")
+
+
+def _models_option(p) -> None:
+    p.add_argument("--models", metavar="DIR", default=None,
+                   help="models folder (ComfyUI layout: facerestore_models/, facedetection/, upscale_models/); "
+                        "default: $CODEFORMER_MODELS_DIR, else ComfyUI's models/ when this pack is inside "
+                        "ComfyUI, else the per-user cache folder")
+
+
+def _weights_parser(sub) -> None:
+    w = sub.add_parser("weights", help="list, download, verify or convert weight files",
+                       description="Weight files from the registry (weights/registry.json).")
+    wsub = w.add_subparsers(dest="weights_command", metavar="ACTION")
+    p = wsub.add_parser("list", help="registry entries and whether each is present")
+    _models_option(p)
+    p.set_defaults(func=weights_cmd.cmd_list)
+    p = wsub.add_parser("download", help="download NAME ... (or 'all'), verified, atomically")
+    p.add_argument("names", nargs="+", metavar="NAME")
+    p.add_argument("--force", action="store_true", help="download even if a valid file is present")
+    _models_option(p)
+    p.set_defaults(func=weights_cmd.cmd_download)
+    p = wsub.add_parser("verify", help="check files against the registry's size/sha256 "
+                        "(default: every registry file in the models folder)")
+    p.add_argument("paths", nargs="*", metavar="PATH")
+    _models_option(p)
+    p.set_defaults(func=weights_cmd.cmd_verify)
+    p = wsub.add_parser("convert", help="convert a CodeFormer checkpoint to .safetensors")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--to", default="safetensors", choices=("safetensors",))
+    p.add_argument("--fp16", action="store_true", help="store floating-point tensors in half precision")
+    p.add_argument("-o", "--output", help="output file (default: next to PATH, .safetensors)")
+    p.set_defaults(func=weights_cmd.cmd_convert)
+    w.set_defaults(func=lambda a: _usage(w))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="codeformer", formatter_class=fmt,
+        description="CodeFormer face restoration, colorization and inpainting for images, folders "
+                    "and videos (.mp4 .mov .avi .mkv .webm), and weight-file management. Missing "
+                    "weights are downloaded on first use into the models folder.",
+        epilog="examples:\n"
+               "  codeformer restore photo.jpg -w 0.7 -s 2\n"
+               "  codeformer restore old_photos/ -o restored/ --bg-upsampler realesrgan_x2plus --face-upsample\n"
+               "  codeformer restore clip.mp4 -w 0.5 --only-center-face\n"
+               "  codeformer restore cropped_faces/ --has-aligned\n"
+               "  codeformer colorize gray_face.png --has-aligned\n"
+               "  codeformer inpaint masked_face.png --has-aligned\n"
+               "  codeformer weights list\n\n" + EXIT_CODES_HELP)
+    parser.add_argument("--version", action="version", version=f"codeformer {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for task in TASKS:
+        p = sub.add_parser(task, help=TASK_HELP[task], description=TASK_HELP[task].capitalize() + " in an image, "
+                           "a folder or a video.", formatter_class=fmt, epilog=EXIT_CODES_HELP)
+        _task_options(p, task)
+        p.set_defaults(func=lambda a, t=task: run.run_task(a, t))
+    _weights_parser(sub)
+    return parser
+
+
+def _usage(p: argparse.ArgumentParser) -> int:
+    p.print_usage(sys.stderr)
+    print(f"{p.prog}: error: choose an action", file=sys.stderr)
+    return EXIT_USAGE

@@ -1,0 +1,383 @@
+"""``codeformer restore | colorize | inpaint``: plan the inputs (an image, a video or a folder of
+them), load the networks once, stream every input through ``pipeline.restore_images``, report.
+
+Videos are decoded, restored and encoded chunk by chunk (``--frames-per-chunk`` frames at a
+time; ``restore_images`` halves a chunk that runs out of memory), so memory stays flat whatever
+the length.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence, Tuple
+
+from ..errors import MissingDependencyError, WrongVariantError, first_line
+from ..tasks import TASKS
+from .console import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Out, UserError, describe, progress_bar
+from .weights_cmd import ensure, file_or_weight
+
+Boxes = List[Tuple[float, float, float, float]]
+
+
+# -- detector wrapper that remembers boxes (for --draw-box) ------------------------------------
+class BoxRecorder:
+    """Duck-typed FaceDetector: forwards ``detect`` and keeps each frame's boxes."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.boxes: List[Boxes] = []
+
+    def detect(self, frames, **kwargs):
+        dets = self.detector.detect(frames, **kwargs)
+        per = [[] for _ in range(int(frames.shape[0]))]
+        for box, fi in zip(dets.boxes.cpu().tolist(), dets.frame_index.cpu().tolist()):
+            per[fi].append(tuple(box))
+        self.boxes.extend(per)
+        return dets
+
+    def take(self) -> List[Boxes]:
+        boxes, self.boxes = self.boxes, []
+        return boxes
+
+
+# -- the processing context ------------------------------------------------------------------------
+@dataclass
+class Stats:
+    ok: int = 0
+    failed: int = 0
+    skipped: int = 0
+    frames: int = 0
+    faces: int = 0
+    no_face: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, counts: Sequence[int]) -> None:
+        self.frames += len(counts)
+        self.faces += int(sum(counts))
+        self.no_face += sum(1 for c in counts if c == 0)
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    task: str
+    out: Out
+    model: object = None
+    detector: object = None
+    parser: object = None
+    bg: Optional[Callable] = None
+    face_up: Optional[Callable] = None
+    mask: object = None  # [H,W] float32 numpy, inpainting hole
+
+    @property
+    def upscale(self) -> float:
+        a = self.args
+        return a.upscale if a.upscale is not None else (1.0 if a.has_aligned else 2.0)
+
+    def detect_kwargs(self) -> dict:
+        a = self.args
+        kw = dict(conf_threshold=a.detection_threshold, resolution=a.detection_resolution)
+        if a.only_center_face:
+            kw["selection"] = "center"
+        elif a.max_faces:
+            kw["max_faces"] = a.max_faces
+        return kw
+
+
+def check_variant(model, task: str, checkpoint: Path) -> None:
+    """The pipeline's variant check, worded with the command to use instead."""
+    from ..pipeline import check_variant as check
+    try:
+        check(model, task)
+    except WrongVariantError as e:
+        other = next((t.name for t in TASKS.values() if t.variant == e.have), None)
+        use = f"use 'codeformer {other}' for it, or " if other else ""
+        raise WrongVariantError(e.have, e.want, f"'codeformer {task}' needs the {e.want} model, but "
+                                f"{checkpoint.name} is the {e.have} variant; {use}give a {e.want} "
+                                f"checkpoint with --model") from None
+
+
+def load(ctx: Context) -> None:
+    """Load the networks once per run (fetching missing registry files first)."""
+    import torch
+    from ..faces import detect
+    from ..models import loader
+    a, out = ctx.args, ctx.out
+    try:
+        device = loader.resolve_device(a.device)
+    except RuntimeError as e:
+        raise UserError(f"--device {a.device}: {first_line(e)}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {a.device}: CUDA is not available in this PyTorch build")
+    try:
+        dtype = loader.resolve_dtype(a.dtype, device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ckpt = file_or_weight(a.model, a, out, "--model") if a.model else ensure(TASKS[ctx.task].weight, a, out)
+    out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
+    ctx.model = loader.load_model(ckpt, device=device, dtype=dtype)
+    check_variant(ctx.model, ctx.task, ckpt)
+    if not a.has_aligned:
+        ctx.detector = detect.load_detector(ensure(a.detector, a, out), device=device)
+        if a.draw_box:
+            ctx.detector = BoxRecorder(ctx.detector)
+        if a.parse:
+            from ..models.parsenet import load_parsenet
+            ctx.parser = load_parsenet(ensure("parsenet", a, out), device=device)
+        if a.bg_upsampler:
+            from ..io.upscale import load_upscaler
+            path = file_or_weight(a.bg_upsampler, a, out, "--bg-upsampler")
+            try:
+                ctx.bg = load_upscaler(path, device, half=dtype == torch.float16, tile=a.bg_tile)
+            except MissingDependencyError:
+                raise UserError("--bg-upsampler needs spandrel: pip install spandrel") from None
+            if a.face_upsample:
+                ctx.face_up = ctx.bg
+    if a.mask:
+        from ..io.images import read_mask
+        ctx.mask = read_mask(a.mask)
+
+
+def restore(ctx: Context, frames, smoother=None, progress=None, mask=None):
+    """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None)."""
+    import torch
+    from .. import pipeline
+    a = ctx.args
+    masks = None if mask is None else torch.from_numpy(mask)[None]
+    res = pipeline.restore_images(
+        frames, ctx.model, ctx.detector, w=a.fidelity, task=ctx.task, upscale=ctx.upscale,
+        parser=ctx.parser, background_upscaler=ctx.bg, face_upscaler=ctx.face_up,
+        inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother,
+        color_match=a.color_match, frames_per_chunk=max(1, a.frames_per_chunk),
+        batch_size=max(1, a.batch_size), progress=progress, **ctx.detect_kwargs())
+    boxes = ctx.detector.take() if isinstance(ctx.detector, BoxRecorder) else None
+    return res, boxes
+
+
+# -- images -------------------------------------------------------------------------------------
+def process_image(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
+    from ..faces.draw import draw_boxes
+    from ..io.images import read_image, to_output_array, write_image
+    img = read_image(src)
+    mask = ctx.mask
+    if mask is not None and mask.shape != img.size:
+        raise UserError(f"mask is {mask.shape[1]}x{mask.shape[0]}, image is {img.size[1]}x{img.size[0]}")
+    t0 = time.perf_counter()
+    bar = None
+
+    def progress(done, total):
+        nonlocal bar
+        if bar is None:
+            bar = progress_bar(total=total, desc=f"{src.name} faces", unit="face", quiet=ctx.out.quiet, leave=False)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    try:
+        res, boxes = restore(ctx, img.rgb, progress=progress, mask=mask)
+    finally:
+        if bar is not None:
+            bar.close()
+    rgb = res.images[0]
+    if boxes:
+        draw_boxes(rgb, boxes[0], ctx.upscale)
+    arr = to_output_array(rgb.numpy(), img, dest.suffix, keep_gray=ctx.task != "colorize")
+    write_image(dest, arr)
+    stats.add(res.face_counts)
+    n = res.total_faces
+    return f"{src.name} -> {dest}: {n} face{'s' if n != 1 else ''}, {time.perf_counter() - t0:.1f} s"
+
+
+# -- videos -------------------------------------------------------------------------------------
+def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
+    import numpy as np
+    from ..faces.draw import draw_boxes
+    from ..io.video import VideoReader, VideoWriter, retime_counts
+    from ..pipeline import LandmarkSmoother
+    a = ctx.args
+    t0 = time.perf_counter()
+    faces = frames = no_face = 0
+    with VideoReader(src) as reader:
+        info = reader.info
+        if ctx.mask is not None and ctx.mask.shape != (info.height, info.width):
+            raise UserError(f"mask is {ctx.mask.shape[1]}x{ctx.mask.shape[0]}, "
+                            f"video is {info.width}x{info.height}")
+        fps_out = Fraction(a.fps).limit_denominator(100000) if a.fps else info.fps
+        s = ctx.upscale
+        ow, oh = int(info.width * s), int(info.height * s)
+        smoother = None
+        if a.smooth > 0 and not a.has_aligned:
+            smoother = LandmarkSmoother(strength=a.smooth)
+        with VideoWriter(dest, ow, oh, fps_out, audio_from=src if info.has_audio else None,
+                         codec=a.video_codec, crf=a.crf) as writer:
+            if (ow, oh) != (writer.width, writer.height):
+                ctx.out.info(f"{src.name}: output {ow}x{oh} cropped to {writer.width}x{writer.height} "
+                             f"(the encoder needs even sizes)")
+            bar = progress_bar(total=info.frames, desc=src.name, unit="frame", quiet=ctx.out.quiet, leave=False)
+            try:
+                index = 0
+                for chunk in reader.chunks(max(1, a.frames_per_chunk)):
+                    n = len(chunk)
+                    counts = retime_counts(index, n, info.fps, fps_out) if a.fps else [1] * n
+                    keep = [i for i, c in enumerate(counts) if c > 0]
+                    index += n
+                    bar.update(n)
+                    if not keep:
+                        continue
+                    res, boxes = restore(ctx, chunk[keep] if len(keep) < n else chunk,
+                                         smoother=smoother, mask=ctx.mask)
+                    imgs = res.images
+                    if boxes:
+                        for k, b in enumerate(boxes):
+                            draw_boxes(imgs[k], b, s)
+                    u8 = (imgs.numpy() * 255 + 0.5).astype(np.uint8)
+                    writer.write(u8, [counts[i] for i in keep])
+                    frames += len(keep)
+                    faces += res.total_faces
+                    no_face += sum(1 for c in res.face_counts if c == 0)
+                    stats.add(res.face_counts)
+                    bar.set_postfix(faces=faces, refresh=False)
+            finally:
+                bar.close()
+            writer.finish()
+    dt = time.perf_counter() - t0
+    audio = ("audio copied" if writer.audio_copied else "audio not copied") if info.has_audio else "no audio"
+    if writer.audio_note:
+        audio += f" ({writer.audio_note})"
+    return (f"{src.name} -> {dest}: {frames} frames ({writer.frames_written} written at "
+            f"{float(fps_out):.3g} fps), {faces} faces, {no_face} frames with no face, {audio}, "
+            f"{dt:.1f} s, {faces / dt if dt > 0 else 0:.2f} faces/s")
+
+
+# -- inputs and outputs -----------------------------------------------------------------------------
+def _exts(kind: str) -> List[str]:
+    from ..io.images import IMAGE_EXTS
+    from ..io.video import VIDEO_EXTS
+    return list(IMAGE_EXTS if kind == "image" else VIDEO_EXTS)
+
+
+def _kind(path: Path) -> Optional[str]:
+    ext = path.suffix.lower()
+    return "image" if ext in _exts("image") else "video" if ext in _exts("video") else None
+
+
+def plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[str]]], bool]:
+    """[(input, output, kind)] and whether the input is a folder; kind None = skipped."""
+    src = Path(os.path.expanduser(args.input))
+    if not src.exists():
+        raise UserError(f"{src}: no such file or folder")
+    default_suffix = TASKS[task].suffix
+    if src.is_dir():
+        out_dir = Path(args.output) if args.output else src.parent / (src.name + default_suffix)
+        suffix = args.suffix or ""
+        items = []
+        for p in sorted(src.iterdir()):
+            if p.name.startswith(".") or not p.is_file():
+                continue
+            k = _kind(p)
+            dest = out_dir / f"{p.stem}{suffix}{p.suffix}" if k else None
+            if dest is not None and dest.resolve() == p.resolve():
+                raise UserError(f"output folder {out_dir} is the input folder and would overwrite "
+                                f"its files; give --suffix or another -o")
+            items.append((p, dest, k))
+        if not any(k for _, _, k in items):
+            raise UserError(f"{src}: no images ({', '.join(_exts('image'))}) or videos "
+                            f"({', '.join(_exts('video'))}) in the folder")
+        return items, True
+    k = _kind(src)
+    if k is None:
+        raise UserError(f"{src.name}: not a supported image or video extension "
+                        f"({', '.join(_exts('image') + _exts('video'))})")
+    suffix = default_suffix if args.suffix is None else args.suffix
+    if args.output:
+        o = Path(os.path.expanduser(args.output))
+        if _kind(o) is not None:
+            if _kind(o) != k:
+                raise UserError(f"-o {o.name}: an {k} input needs an {k} output extension")
+            dest = o
+        else:
+            dest = o / f"{src.stem}{suffix}{src.suffix}"
+    else:
+        dest = src.with_name(f"{src.stem}{suffix}{src.suffix}")
+    if dest.resolve() == src.resolve():
+        raise UserError(f"output {dest} would overwrite the input; give --suffix or -o")
+    return [(src, dest, k)], False
+
+
+def _check_settings(args, task: str) -> None:
+    if args.face_upsample and not args.bg_upsampler:
+        raise UserError("--face-upsample uses the background upsampler: give --bg-upsampler too")
+    if task != "inpaint" and getattr(args, "mask", None):
+        raise UserError("--mask is for 'codeformer inpaint'")
+    if args.fps is not None and not args.fps > 0:
+        raise UserError("--fps must be > 0")
+    if args.upscale is not None and not 0 < args.upscale <= 16:
+        raise UserError("-s/--upscale must be in (0, 16]")
+    if not 0 <= args.fidelity <= 1:
+        raise UserError("-w/--fidelity must be in [0, 1]")
+    if not 0 <= args.smooth < 1:
+        raise UserError("--smooth must be in [0, 1)")
+
+
+def run_task(args, task: str) -> int:
+    """restore / colorize / inpaint: plan, load once, process each input, summarise."""
+    out = Out(args.quiet)
+    _check_settings(args, task)
+    items, is_folder = plan(args, task)
+    stats = Stats()
+    todo = []
+    for src, dest, kind in items:
+        if kind is None:
+            stats.skipped += 1
+            out.warn(f"{src.name}: skipped (not an image or video file)")
+        elif args.skip_existing and dest.exists():
+            stats.skipped += 1
+            out.info(f"{src.name}: skipped ({dest} exists)")
+        else:
+            todo.append((src, dest, kind))
+    ctx = Context(args=args, task=task, out=out)
+    if todo:
+        load(ctx)
+    files_bar = progress_bar(total=len(todo), desc="files", unit="file", quiet=out.quiet or not is_folder)
+    try:
+        for src, dest, kind in todo:
+            try:
+                line = (process_video if kind == "video" else process_image)(ctx, src, dest, stats)
+                stats.ok += 1
+                out.result(line)
+            except KeyboardInterrupt:
+                raise
+            except Exception as e:  # one bad file must not stop a folder
+                if not is_folder:
+                    raise
+                stats.failed += 1
+                if args.debug:
+                    traceback.print_exc()
+                out.warn(f"{src.name}: failed: {describe(e)}")
+            finally:
+                files_bar.update(1)
+    finally:
+        files_bar.close()
+    return _summary(out, task, stats)
+
+
+def _summary(out: Out, task: str, stats: Stats) -> int:
+    dt = time.perf_counter() - stats.start
+    parts = [f"{stats.ok} file{'s' if stats.ok != 1 else ''} done"]
+    if stats.failed:
+        parts.append(f"{stats.failed} failed")
+    if stats.skipped:
+        parts.append(f"{stats.skipped} skipped")
+    out.result(f"codeformer {task}: {', '.join(parts)}; {stats.faces} faces found, "
+               f"{stats.no_face} of {stats.frames} frames with no face; {dt:.1f} s, "
+               f"{stats.faces / dt if dt > 0 else 0:.2f} faces/s")
+    if stats.failed and stats.ok:
+        return EXIT_PARTIAL
+    if stats.failed or (not stats.ok and not stats.skipped):
+        return EXIT_ERROR
+    return EXIT_OK
