@@ -1,4 +1,4 @@
-"""Alignment: similarity fit, inverse, batched crop warp (FACE_NETS.md §6, §7, §9.8)."""
+"""Alignment: similarity fit, inverse, batched crop warp (the rules: docs/faces.md, "Alignment")."""
 from __future__ import annotations
 
 import os

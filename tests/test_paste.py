@@ -1,4 +1,4 @@
-"""Paste-back: goldens (FACE_NETS.md §5-§7, §9.7), an OpenCV oracle for what the goldens do not
+"""Paste-back: goldens (rules: docs/faces.md, "Paste-back"), an OpenCV oracle for what the goldens do not
 cover (small faces, odd upscales, overlaps, cuts), and the batching / ROI / option contracts."""
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data", "face_golden")
 BOX = {"retinaface_paste_x1": (15, 200, 135, 319),
        "retinaface_paste_x2": (35, 394, 274, 633),
        "parsenet_paste_x1": (17, 196, 136, 316)}
-PASTE_RULE = (6, 0.25, 0.002)   # max levels, mean, fraction off by > 1 (FACE_NETS §7)
+PASTE_RULE = (6, 0.25, 0.002)   # max levels, mean, fraction off by > 1 (docs/faces.md, "Tolerances")
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -256,7 +256,7 @@ def test_reflect101_index():
 # ----------------------------------------------------------------------------- OpenCV oracle
 
 def _cv2_pipeline(cv2, img, lms, s, w_edge=None, S=512):
-    """facexlib's recipe (FACE_NETS §6) written with OpenCV on float32 RGB 0..255 images."""
+    """facexlib's recipe (docs/faces.md) written with OpenCV on float32 RGB 0..255 images."""
     h, w = img.shape[:2]
     hu, wu = int(h * s), int(w * s)
     out = (img.astype(np.float32) if s == 1 else
