@@ -102,6 +102,20 @@ def check_variant(model, task: str, checkpoint: Path) -> None:
                                 f"checkpoint with --model") from None
 
 
+def weight_paths(args, task: str, out: Out) -> dict:
+    """The weight files a run loads, fetched first when missing: ``model``, and unless
+    --has-aligned ``detector``, ``parser`` (--parse) and ``bg`` (--bg-upsampler)."""
+    a = args
+    paths = {"model": file_or_weight(a.model, a, out, "--model") if a.model else ensure(TASKS[task].weight, a, out)}
+    if not a.has_aligned:
+        paths["detector"] = ensure(a.detector, a, out)
+        if a.parse:
+            paths["parser"] = ensure("parsenet", a, out)
+        if a.bg_upsampler:
+            paths["bg"] = file_or_weight(a.bg_upsampler, a, out, "--bg-upsampler")
+    return paths
+
+
 def load(ctx: Context) -> None:
     """Load the networks once per run (fetching missing registry files first)."""
     import torch
@@ -118,22 +132,22 @@ def load(ctx: Context) -> None:
         dtype = loader.resolve_dtype(a.dtype, device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ckpt = file_or_weight(a.model, a, out, "--model") if a.model else ensure(TASKS[ctx.task].weight, a, out)
+    paths = weight_paths(a, ctx.task, out)
+    ckpt = paths["model"]
     out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
     ctx.model = loader.load_model(ckpt, device=device, dtype=dtype)
     check_variant(ctx.model, ctx.task, ckpt)
     if not a.has_aligned:
-        ctx.detector = detect.load_detector(ensure(a.detector, a, out), device=device)
+        ctx.detector = detect.load_detector(paths["detector"], device=device)
         if a.draw_box:
             ctx.detector = BoxRecorder(ctx.detector)
         if a.parse:
             from ..models.parsenet import load_parsenet
-            ctx.parser = load_parsenet(ensure("parsenet", a, out), device=device)
+            ctx.parser = load_parsenet(paths["parser"], device=device)
         if a.bg_upsampler:
             from ..io.upscale import load_upscaler
-            path = file_or_weight(a.bg_upsampler, a, out, "--bg-upsampler")
             try:
-                ctx.bg = load_upscaler(path, device, half=dtype == torch.float16, tile=a.bg_tile)
+                ctx.bg = load_upscaler(paths["bg"], device, half=dtype == torch.float16, tile=a.bg_tile)
             except MissingDependencyError:
                 raise UserError("--bg-upsampler needs spandrel: pip install spandrel") from None
             if a.face_upsample:
@@ -254,6 +268,11 @@ def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
             f"{dt:.1f} s, {faces / dt if dt > 0 else 0:.2f} faces/s")
 
 
+def process_file(ctx: Context, src: Path, dest: Path, kind: str, stats: Stats) -> str:
+    """One planned input (``kind`` "image" or "video") with loaded networks; returns the result line."""
+    return (process_video if kind == "video" else process_image)(ctx, src, dest, stats)
+
+
 # -- inputs and outputs -----------------------------------------------------------------------------
 def _exts(kind: str) -> List[str]:
     from ..io.images import IMAGE_EXTS
@@ -261,7 +280,7 @@ def _exts(kind: str) -> List[str]:
     return list(IMAGE_EXTS if kind == "image" else VIDEO_EXTS)
 
 
-def _kind(path: Path) -> Optional[str]:
+def media_kind(path: Path) -> Optional[str]:
     ext = path.suffix.lower()
     return "image" if ext in _exts("image") else "video" if ext in _exts("video") else None
 
@@ -279,7 +298,7 @@ def plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[str
         for p in sorted(src.iterdir()):
             if p.name.startswith(".") or not p.is_file():
                 continue
-            k = _kind(p)
+            k = media_kind(p)
             dest = out_dir / f"{p.stem}{suffix}{p.suffix}" if k else None
             if dest is not None and dest.resolve() == p.resolve():
                 raise UserError(f"output folder {out_dir} is the input folder and would overwrite "
@@ -289,15 +308,15 @@ def plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[str
             raise UserError(f"{src}: no images ({', '.join(_exts('image'))}) or videos "
                             f"({', '.join(_exts('video'))}) in the folder")
         return items, True
-    k = _kind(src)
+    k = media_kind(src)
     if k is None:
         raise UserError(f"{src.name}: not a supported image or video extension "
                         f"({', '.join(_exts('image') + _exts('video'))})")
     suffix = default_suffix if args.suffix is None else args.suffix
     if args.output:
         o = Path(os.path.expanduser(args.output))
-        if _kind(o) is not None:
-            if _kind(o) != k:
+        if media_kind(o) is not None:
+            if media_kind(o) != k:
                 raise UserError(f"-o {o.name}: an {k} input needs an {k} output extension")
             dest = o
         else:
@@ -309,7 +328,7 @@ def plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[str
     return [(src, dest, k)], False
 
 
-def _check_settings(args, task: str) -> None:
+def check_settings(args, task: str) -> None:
     if args.face_upsample and not args.bg_upsampler:
         raise UserError("--face-upsample uses the background upsampler: give --bg-upsampler too")
     if task != "inpaint" and getattr(args, "mask", None):
@@ -327,7 +346,7 @@ def _check_settings(args, task: str) -> None:
 def run_task(args, task: str) -> int:
     """restore / colorize / inpaint: plan, load once, process each input, summarise."""
     out = Out(args.quiet)
-    _check_settings(args, task)
+    check_settings(args, task)
     items, is_folder = plan(args, task)
     stats = Stats()
     todo = []
@@ -347,7 +366,7 @@ def run_task(args, task: str) -> int:
     try:
         for src, dest, kind in todo:
             try:
-                line = (process_video if kind == "video" else process_image)(ctx, src, dest, stats)
+                line = process_file(ctx, src, dest, kind, stats)
                 stats.ok += 1
                 out.result(line)
             except KeyboardInterrupt:
@@ -363,10 +382,10 @@ def run_task(args, task: str) -> int:
                 files_bar.update(1)
     finally:
         files_bar.close()
-    return _summary(out, task, stats)
+    return summary(out, task, stats)
 
 
-def _summary(out: Out, task: str, stats: Stats) -> int:
+def summary(out: Out, task: str, stats: Stats) -> int:
     dt = time.perf_counter() - stats.start
     parts = [f"{stats.ok} file{'s' if stats.ok != 1 else ''} done"]
     if stats.failed:
