@@ -11,8 +11,9 @@ tensor ops on the frames' device:
   convolution with per-face kernels and reflect-101 borders at the image edges;
 * only the final blend touches the output frames, in place, face by face.
 
-Overlapping faces of one frame are composited in face order (the order of ``faces``, i.e.
-detection order, as the reference's loop does): later faces are drawn on top.
+Overlapping faces of one frame are composited as the reference does: in detection-score order
+(highest first), each later face drawn over the earlier ones, whatever order ``faces`` is sorted in
+for output and selection (``order="given"`` composites in the batch's order instead).
 """
 from __future__ import annotations
 
@@ -26,7 +27,8 @@ from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
                        row_chunks, translation, window_grid)
 
-__all__ = ["paste_faces", "paste_affines", "parse_labels_to_masks", "resize_lanczos4", "resize_frames",
+__all__ = ["paste_faces", "paste_affines", "paste_order", "PASTE_ORDERS", "parse_labels_to_masks",
+           "resize_lanczos4", "resize_frames",
            "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d", "to_luminance"]
 
 # facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (0 = dropped:
@@ -332,12 +334,28 @@ def paste_affines(inverse_affines: torch.Tensor, upscale: float = 1.0, crop_size
     return inv
 
 
+PASTE_ORDERS = ("score", "given")
+
+
+def paste_order(faces: FaceBatch, order: str = "score") -> list:
+    """Face indices in the order they are composited (later ones on top where faces overlap).
+
+    "score": the reference's order, the detector's (highest score first; equal scores keep the
+    batch order); frames are independent, so one sort over all faces does. "given": the batch order.
+    """
+    if order not in PASTE_ORDERS:
+        raise ValueError(f"order must be one of {PASTE_ORDERS}, got {order!r}")
+    if order == "given":
+        return list(range(len(faces)))
+    return torch.sort(faces.scores.detach().float().cpu(), descending=True, stable=True).indices.tolist()
+
+
 def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
                 upscale: float = 1.0, background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 parse_masks: Optional[torch.Tensor] = None,
                 visibility: Union[float, torch.Tensor] = 1.0, color_match: bool = False,
-                feather: Optional[int] = None, keep_gray: bool = True,
+                feather: Optional[int] = None, keep_gray: bool = True, order: str = "score",
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Paste restored crops back; returns (frames [B,3,Hs,Ws], mask [B,1,Hs,Ws]).
 
@@ -354,7 +372,7 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     ``faces.gray`` is set into luminance; ``color_match`` transfers the original crop's
     per-channel mean/std (inside the parse mask or a central face ellipse) to the restored one.
     The returned mask is the union of the soft masks, 1 - prod(1 - soft_i): the share of each
-    output pixel that comes from restored faces.
+    output pixel that comes from restored faces. ``order``: see ``paste_order``.
     """
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
@@ -464,12 +482,14 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     if not bool((vis == 1).all()):
         soft = soft * vis.view(n, 1, 1, 1)
 
-    # ---- composite in face order, in place on each face's window
+    # ---- composite in paste order, in place on each face's window
     pasted = pasted.to(out.dtype)
     soft_o = soft.to(out.dtype)
     ones = torch.ones((), device=dev, dtype=torch.float32).expand(1, h, w)
     chunks = row_chunks(h, 3 * w, dev)
-    for i, (b, y, x) in enumerate(zip(faces.frame_index.tolist(), y0.tolist(), x0.tolist())):
+    frame_of, top, left = faces.frame_index.tolist(), y0.tolist(), x0.tolist()
+    for i in paste_order(faces, order):
+        b, y, x = frame_of[i], top[i], left[i]
         for r0, r1 in chunks:
             out[b, :, y + r0:y + r1, x:x + w].lerp_(pasted[i, :, r0:r1], soft_o[i, :, r0:r1])
             # union 1 - (1 - m)(1 - soft) = lerp(m, 1, soft)
