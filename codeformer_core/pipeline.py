@@ -9,7 +9,7 @@ sizes the network batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Callable, List, Optional, Union
+from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ from .faces.align import align_faces, detect_gray_frames, template_for, warp_fac
 from .faces.batch import FaceBatch
 from .faces.detect import Detections, FaceDetector
 from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
+from .faces.tracks import LandmarkSmoother, smooth_detections
 from .tasks import BY_VARIANT, TASKS
 
 Tensor = torch.Tensor
@@ -69,59 +70,44 @@ def from_frames(frames: Tensor) -> Tensor:
 
 
 # -- detection ----------------------------------------------------------------------------------
-class LandmarkSmoother:
-    """Exponential smoothing of landmarks across consecutive frames, to reduce flicker.
+def detect_faces(frames: Tensor, detector: Optional[FaceDetector], crop_size: int = MODEL_SIZE,
+                 smoother: Optional[LandmarkSmoother] = None, detections: Optional[Detections] = None,
+                 **detect_kwargs) -> FaceBatch:
+    """Detect and align every face of a frame batch [B,3,H,W] into one FaceBatch.
 
-    A face is matched to the previous frame's face with the highest box IoU (above
-    ``min_iou``); unmatched faces start fresh. State carries over between calls so a video
-    processed in chunks is smoothed seamlessly.
+    ``detections``: these frames' faces found beforehand (``detect_clip``); the detector is then
+    not run (it may be None).
     """
-
-    def __init__(self, strength: float = 0.5, min_iou: float = 0.3):
-        if not 0 <= strength < 1:
-            raise ValueError("smoothing strength must be in [0, 1)")
-        self.strength, self.min_iou = float(strength), float(min_iou)
-        self._prev_boxes: Optional[Tensor] = None
-        self._prev_points: Optional[Tensor] = None
-
-    def __call__(self, dets: Detections) -> Detections:
-        if self.strength == 0 or len(dets) == 0:
-            self._prev_boxes = self._prev_points = None if len(dets) == 0 else self._prev_boxes
-            return dets
-        points = dets.landmarks.clone()
-        counts = dets.counts_per_frame().tolist()
-        start = 0
-        for count in counts:  # frames are sequential by nature; faces within a frame are vectorised
-            rows = slice(start, start + count)
-            start += count
-            if count and self._prev_boxes is not None and len(self._prev_boxes):
-                iou = _box_iou(dets.boxes[rows], self._prev_boxes)
-                best, j = iou.max(dim=1)
-                hit = best >= self.min_iou
-                blended = self.strength * self._prev_points[j] + (1 - self.strength) * points[rows]
-                points[rows] = torch.where(hit[:, None, None], blended, points[rows])
-            self._prev_boxes, self._prev_points = dets.boxes[rows], points[rows]
-        return replace(dets, landmarks=points)
-
-
-def _box_iou(a: Tensor, b: Tensor) -> Tensor:
-    lt = torch.maximum(a[:, None, :2], b[None, :, :2])
-    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]).clamp(min=0) * (x[:, 3] - x[:, 1]).clamp(min=0)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter).clamp(min=1e-9)
-
-
-def detect_faces(frames: Tensor, detector: FaceDetector, crop_size: int = MODEL_SIZE,
-                 smoother: Optional[LandmarkSmoother] = None, **detect_kwargs) -> FaceBatch:
-    """Detect and align every face of a frame batch [B,3,H,W] into one FaceBatch."""
     if frames.shape[0] == 0:
         return FaceBatch.empty(0, tuple(frames.shape[-2:]), crop_size, frames.device)
-    dets = detector.detect(frames, **detect_kwargs)
+    dets = detector.detect(frames, **detect_kwargs) if detections is None else detections.to(frames.device)
     if smoother is not None:
         dets = smoother(dets)
     return align_faces(frames, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores,
                        size=crop_size)
+
+
+def detect_clip(chunks: Iterable, detector: FaceDetector, smoothing_frames: float = 0.0,
+                check_interrupt: Interrupt = None, progress: Progress = None, total: int = 0,
+                **detect_kwargs) -> Detections:
+    """Pass one of zero-lag smoothing: every face of a clip, then smoothed along its track.
+
+    ``chunks``: the clip's frames as consecutive batches (slices of an IMAGE batch, a decoder's
+    chunks; anything ``to_frames`` takes). Only the detections are kept (on the CPU, a few numbers
+    per face), so memory stays flat however long the clip. ``smoothing_frames``: the Gaussian's
+    sigma in frames (0 = no smoothing; see ``faces.tracks``). Give the result to
+    ``restore_images`` / ``detect_faces`` as ``detections`` for the second pass.
+    """
+    parts, done = [], 0
+    for chunk in chunks:
+        if check_interrupt is not None:
+            check_interrupt()
+        frames = to_frames(chunk, device=detector.device)
+        parts.append(detector.detect(frames, **detect_kwargs).to("cpu"))
+        done += frames.shape[0]
+        if progress is not None:
+            progress(done, max(done, total))
+    return smooth_detections(Detections.join(parts), smoothing_frames)
 
 
 def aligned_faces(frames: Tensor) -> FaceBatch:
@@ -266,7 +252,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
                    color_match: bool = False, parser=None, background_upscaler=None,
                    face_upscaler: Optional[Callable[[Tensor], Tensor]] = None,
                    inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
-                   smoother: Optional[LandmarkSmoother] = None, frames_per_chunk: Optional[int] = None,
+                   smoother: Optional[LandmarkSmoother] = None, detections: Optional[Detections] = None,
+                   frames_per_chunk: Optional[int] = None,
                    batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
                    device=None, **detect_kwargs) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
@@ -276,11 +263,13 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before paste-back, like the
     original's ``--face_upsample``. ``detect_kwargs`` go to
     ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
+    ``detections``: the faces of all ``images`` found beforehand (``detect_clip``, e.g. smoothed
+    over the clip); the detector is then not run.
     ``frames_per_chunk`` None sizes chunks to the memory available on the device.
     """
     task = task or model_task(model)
     check_variant(model, task)
-    if detector is None and not has_aligned:
+    if detector is None and detections is None and not has_aligned:
         raise ValueError("a face detector is needed unless the images are already aligned faces")
     work_device = device or next(model.parameters()).device
     frames_all = to_frames(images)  # stays on the CPU; chunks move to the device
@@ -295,7 +284,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
         nonlocal done_faces
         frames = frames_all[start:stop].to(work_device)
         faces = aligned_faces(frames) if has_aligned else \
-            detect_faces(frames, detector, smoother=smoother, **detect_kwargs)
+            detect_faces(frames, detector, smoother=smoother, **detect_kwargs,
+                         detections=None if detections is None else detections.take_frames(range(start, stop)))
         offset, n_faces = done_faces, len(faces)
         run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=offset,
                    progress=None if progress is None else (lambda d, _t: progress(d, max(d, offset + n_faces))))

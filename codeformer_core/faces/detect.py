@@ -11,7 +11,7 @@ Lanczos resizing; pass ``conf_threshold=0.97`` for its stricter behaviour.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -63,6 +63,27 @@ class Detections:
 
     def for_frame(self, frame: int) -> "Detections":
         return self.select(self.frame_index == int(frame))
+
+    def take_frames(self, frames: Sequence[int]) -> "Detections":
+        """The faces of the given frames (e.g. ``range(start, stop)``, a chunk of a clip detected
+        beforehand) as detections of a batch of ``len(frames)`` frames, renumbered in that order."""
+        picked = torch.as_tensor(list(frames), dtype=torch.int64)
+        position = torch.full((self.num_frames,), -1, dtype=torch.int64)
+        position[picked] = torch.arange(picked.numel())
+        new_index = position[self.frame_index.cpu()].to(self.device)
+        part = self.select(new_index >= 0)
+        return replace(part, frame_index=new_index[new_index >= 0], num_frames=int(picked.numel()))
+
+    @staticmethod
+    def join(parts: Sequence["Detections"]) -> "Detections":
+        """Detections of consecutive frame batches (in order) as one, over all their frames."""
+        if not parts:
+            return Detections.empty()
+        offsets = torch.cumsum(torch.tensor([0] + [p.num_frames for p in parts]), 0).tolist()
+        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        frame_index = torch.cat([p.frame_index + o for p, o in zip(parts, offsets)])
+        return Detections(cat("boxes"), cat("scores"), cat("landmarks"), frame_index, offsets[-1],
+                          parts[0].frame_size)
 
     def as_rows(self) -> torch.Tensor:
         """[M,15] x1, y1, x2, y2, score, 5 x (x, y): the reference detector's row layout."""
