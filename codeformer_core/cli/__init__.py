@@ -17,12 +17,15 @@ from typing import Optional, Sequence
 
 from .console import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, USER_ERRORS,
                       UserError, describe)
+from .memory import keep_freed_memory_for_reuse
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_PARTIAL", "EXIT_INTERRUPTED", "UserError"]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of the ``codeformer`` script; returns the exit code (see --help)."""
+    if argv is None:  # this process is the `codeformer` command (tests call main(argv)): cli/memory.py
+        keep_freed_memory_for_reuse()
     from .args import build_parser
     parser = build_parser()
     try:

@@ -1,22 +1,30 @@
-"""Throughput benchmark: ``python -m codeformer_core.bench [--device cuda] [--dtype fp16]``.
+"""Benchmark: ``python -m codeformer_core.dev.bench_model [--device cuda] [--dtype fp16]``.
 
-Prints faces/s and peak memory for batches 1, 4 and 8 with the project's settings, and for a
-naive baseline (one face at a time, float32, contiguous layout, explicit softmax attention)
-measured in the same run, plus the largest output difference between the two.
-Weights are the synthetic golden formula: speed does not depend on the values.
+Prints how long ``load_model`` takes for a full-size ``codeformer.pth`` (the official format,
+``{'params_ema': state_dict}``) and for the same tensors as ``.safetensors``, then faces/s and
+peak memory for batches 1, 4 and 8 with the default ``CodeFormerOptions``, and for a naive
+baseline instance (one face at a time, float32, contiguous layout, explicit softmax attention,
+upsample-then-conv, no float64 encoder tail) measured in the same run, plus the largest output
+difference between the two. Weights are the synthetic golden formula: speed does not depend on
+the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
+measures with the one the ``codeformer`` command sets at its start instead.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
-from ..models.codeformer import AttnBlock, CodeFormer, Upsample, expected_shapes
-from ..cpu_memory import retain_freed_memory
-from ..models.loader import resolve_device, resolve_dtype
+from ..models.checkpoint import save_safetensors
+from ..models.codeformer import CodeFormerOptions, expected_shapes
+from ..models.loader import load_model, resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
+
+NAIVE = CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False)
 
 
 def _peak_reset(device: torch.device) -> None:
@@ -42,26 +50,9 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-@contextlib.contextmanager
-def naive_mode():
-    """Explicit softmax attention, upsample-then-conv, plain float32 everywhere and the default
-    allocator policy: the model as a straightforward port would run it."""
-    switches = ((AttnBlock, "use_sdpa"), (Upsample, "fold"), (CodeFormer, "retain_cpu_memory"),
-                (CodeFormer, "precise_encoder_tail"))
-    for owner, name in switches:
-        setattr(owner, name, False)
-    try:
-        yield
-    finally:
-        for owner, name in switches:
-            setattr(owner, name, True)
-
-
-def measure(model, x, batch, w, device, repeats, naive=False):
+def measure(model, x, batch, w, device, repeats):
     """Seconds per face over ``repeats`` timed passes (after one warm-up), and peak MiB."""
-    # ours keeps freed memory across the warm-up and timed passes, as run_network does across batches
-    ctx = naive_mode() if naive else retain_freed_memory()
-    with ctx, torch.inference_mode():
+    with torch.inference_mode():
         xb = x[:batch]
         model(xb, w=w)  # warm-up (allocator, kernel selection)
         _sync(device)
@@ -74,13 +65,27 @@ def measure(model, x, batch, w, device, repeats, naive=False):
     return dt, _peak_mib(device), out
 
 
-def build(variant, device, dtype, channels_last):
-    sd = synth_state_dict(expected_shapes(variant).items())
-    model = CodeFormer(variant)
-    model.load_state_dict(sd)
-    model.eval().requires_grad_(False).to(device)
-    if dtype != torch.float32:
-        model.set_dtype(dtype)
+def load_times(state_dict) -> list:
+    """(file, seconds) for load_model of codeformer.pth and codeformer.safetensors (CPU, float32).
+
+    The .pth is loaded first, in a process that has not loaded a model yet, so its time includes
+    the one-time work (the architectures' key/shape contracts); both files were just written, so
+    they come from the page cache, like a second start of ComfyUI."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pth, st = Path(tmp) / "codeformer.pth", Path(tmp) / "codeformer.safetensors"
+        torch.save({"params_ema": state_dict}, pth)
+        save_safetensors(state_dict, st)
+        for path in (pth, st):
+            t0 = time.perf_counter()
+            model = load_model(path, device="cpu", dtype="fp32")
+            rows.append((f"{path.name} ({path.stat().st_size / 2 ** 20:.0f} MiB)", time.perf_counter() - t0))
+            del model
+    return rows
+
+
+def build(state_dict, device, dtype, channels_last, options=None):
+    model = load_model({"params_ema": state_dict}, device=device, dtype=dtype, options=options)
     if channels_last:
         model.set_memory_format(torch.channels_last)
     return model
@@ -94,7 +99,13 @@ def main(argv=None):
     ap.add_argument("--repeats", type=int, default=1, help="timed passes per batch size")
     ap.add_argument("--w", type=float, default=0.5)
     ap.add_argument("--channels-last", action="store_true", help="channels-last convolutions (CUDA tensor cores)")
+    ap.add_argument("--no-load-times", action="store_true", help="skip timing load_model on written files")
+    ap.add_argument("--cli-memory", action="store_true",
+                    help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
+    if args.cli_memory:
+        from ..cli.memory import keep_freed_memory_for_reuse
+        print(f"allocator policy of the command line set: {keep_freed_memory_for_reuse()}")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     batches = [int(b) for b in args.batches.split(",")]
@@ -106,10 +117,14 @@ def main(argv=None):
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'threads=%d' % torch.get_num_threads()}), "
           f"dtype {str(dtype).replace('torch.', '')}, w={args.w}, torch {torch.__version__}")
 
-    naive = build("restoration", device, torch.float32, channels_last=False)
-    t_naive, mem_naive, out_naive = measure(naive, x, 1, args.w, device, max(args.repeats, 1), naive=True)
+    state_dict = synth_state_dict(expected_shapes("restoration").items())
+    if not args.no_load_times:
+        for name, seconds in load_times(state_dict):
+            print(f"load_model {name:32s} {seconds:6.2f} s")
+    naive = build(state_dict, device, torch.float32, channels_last=False, options=NAIVE)
+    t_naive, mem_naive, out_naive = measure(naive, x, 1, args.w, device, max(args.repeats, 1))
     del naive
-    model = build("restoration", device, dtype, channels_last=args.channels_last)
+    model = build(state_dict, device, dtype, channels_last=args.channels_last)
     rows = [("naive baseline (b=1, fp32, no SDPA)", 1, t_naive, mem_naive, 1.0, 0.0)]
     for b in batches:
         t, mem, out = measure(model, x, b, args.w, device, args.repeats)

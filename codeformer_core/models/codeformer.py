@@ -2,7 +2,9 @@
 and controllable feature transformation, written from the published architecture.
 
 State-dict names and shapes match the official checkpoints exactly, so ``load_state_dict``
-is strict. The three published variants differ only in data (``VARIANTS``).
+is strict. The three published variants differ only in data (``VARIANTS``); how an instance
+computes (fused attention, folded upsampling, float64 encoder tail) is its ``CodeFormerOptions``.
+Block-by-block layout and the numeric conventions: docs/models.md.
 """
 from __future__ import annotations
 
@@ -13,8 +15,6 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-from ..cpu_memory import retain_freed_memory
 
 Tensor = torch.Tensor
 
@@ -32,6 +32,16 @@ class VariantConfig:
     default_w: float
     default_adain: bool
     description: str
+
+
+@dataclass(frozen=True)
+class CodeFormerOptions:
+    """How one instance computes. Every combination gives the same result up to float rounding
+    (all pass the golden rule); the defaults are the fast and precise ones. The benchmark's naive
+    baseline is an instance built with all three off."""
+    use_sdpa: bool = True              # fused scaled_dot_product_attention, else explicit softmax(q k^T) v
+    fold_upsample: bool = True         # nearest-2x + 3x3 conv as four 2x2 convs (see Upsample)
+    precise_encoder_tail: bool = True  # CPU float32: low-resolution encoder tail in float64 (see encode)
 
 
 VARIANTS: Dict[str, VariantConfig] = {
@@ -126,10 +136,9 @@ class ResBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention over all positions (scale 1/sqrt(C))."""
 
-    use_sdpa = True  # class-level switch; the naive path exists for the benchmark baseline
-
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, use_sdpa: bool = True):
         super().__init__()
+        self.use_sdpa = use_sdpa
         self.norm = _group_norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
@@ -168,10 +177,9 @@ class Upsample(nn.Module):
     and the 4x larger upsampled tensor is never built. Same result up to float rounding.
     """
 
-    fold = True  # class-level switch; the plain path is the benchmark's naive baseline
-
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, fold: bool = True):
         super().__init__()
+        self.fold = fold
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -201,7 +209,7 @@ def _fold_nearest2x(weight: Tensor) -> Tensor:
     return torch.cat(kernels, 0).to(weight.dtype)
 
 
-def _encoder_blocks() -> nn.ModuleList:
+def _encoder_blocks(options: CodeFormerOptions) -> nn.ModuleList:
     blocks = [nn.Conv2d(3, BASE_CHANNELS, 3, padding=1)]
     channels = [BASE_CHANNELS * m for m in (1,) + CHANNEL_MULT]
     res = IMAGE_SIZE
@@ -211,20 +219,20 @@ def _encoder_blocks() -> nn.ModuleList:
             blocks.append(ResBlock(cin, cout))
             cin = cout
             if res == LATENT_SIZE:
-                blocks.append(AttnBlock(cin))
+                blocks.append(AttnBlock(cin, options.use_sdpa))
         if level != len(CHANNEL_MULT) - 1:
             blocks.append(Downsample(cin))
             res //= 2
     top = channels[-1]
-    blocks += [ResBlock(top), AttnBlock(top), ResBlock(top), nn.GroupNorm(32, top, eps=GROUPNORM_EPS),
+    blocks += [ResBlock(top), AttnBlock(top, options.use_sdpa), ResBlock(top), nn.GroupNorm(32, top, eps=GROUPNORM_EPS),
                nn.Conv2d(top, EMBED_DIM, 3, padding=1)]
     return nn.ModuleList(blocks)
 
 
-def _generator_blocks() -> nn.ModuleList:
+def _generator_blocks(options: CodeFormerOptions) -> nn.ModuleList:
     channels = [BASE_CHANNELS * m for m in CHANNEL_MULT]
     top = channels[-1]
-    blocks = [nn.Conv2d(EMBED_DIM, top, 3, padding=1), ResBlock(top), AttnBlock(top), ResBlock(top)]
+    blocks = [nn.Conv2d(EMBED_DIM, top, 3, padding=1), ResBlock(top), AttnBlock(top, options.use_sdpa), ResBlock(top)]
     cin, res = top, LATENT_SIZE
     for level in reversed(range(len(CHANNEL_MULT))):
         cout = channels[level]
@@ -232,9 +240,9 @@ def _generator_blocks() -> nn.ModuleList:
             blocks.append(ResBlock(cin, cout))
             cin = cout
             if res == LATENT_SIZE:
-                blocks.append(AttnBlock(cin))
+                blocks.append(AttnBlock(cin, options.use_sdpa))
         if level != 0:
-            blocks.append(Upsample(cin))
+            blocks.append(Upsample(cin, options.fold_upsample))
             res *= 2
     blocks += [nn.GroupNorm(32, cin, eps=GROUPNORM_EPS), nn.Conv2d(cin, 3, 3, padding=1)]
     return nn.ModuleList(blocks)
@@ -281,9 +289,10 @@ class FuseBlock(nn.Module):
 class PackedSelfAttention(nn.Module):
     """Multi-head attention with ``nn.MultiheadAttention``'s packed parameter names."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, use_sdpa: bool = True):
         super().__init__()
         self.heads = heads
+        self.use_sdpa = use_sdpa
         self.in_proj_weight = nn.Parameter(torch.empty(3 * dim, dim))
         self.in_proj_bias = nn.Parameter(torch.empty(3 * dim))
         self.out_proj = nn.Linear(dim, dim)
@@ -294,7 +303,7 @@ class PackedSelfAttention(nn.Module):
         v = F.linear(v_in, self.in_proj_weight[2 * d:], self.in_proj_bias[2 * d:])
         split = lambda t: t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
         q, k = qk.chunk(2, dim=-1)
-        if AttnBlock.use_sdpa:
+        if self.use_sdpa:
             o = F.scaled_dot_product_attention(split(q), split(k), split(v))
         else:
             q, k, v = split(q), split(k), split(v)
@@ -305,9 +314,9 @@ class PackedSelfAttention(nn.Module):
 class TransformerLayer(nn.Module):
     """Pre-norm layer; the position table is added to queries and keys only."""
 
-    def __init__(self, dim: int, heads: int, mlp_dim: int):
+    def __init__(self, dim: int, heads: int, mlp_dim: int, use_sdpa: bool = True):
         super().__init__()
-        self.self_attn = PackedSelfAttention(dim, heads)
+        self.self_attn = PackedSelfAttention(dim, heads, use_sdpa)
         self.linear1 = nn.Linear(dim, mlp_dim)
         self.linear2 = nn.Linear(mlp_dim, dim)
         self.norm1 = nn.LayerNorm(dim, eps=LAYERNORM_EPS)
@@ -324,7 +333,9 @@ class _Codebook(nn.Module):
 
     def __init__(self, size: int, dim: int):
         super().__init__()
-        self.embedding = nn.Embedding(size, dim)
+        # Given an (uninitialised) table, nn.Embedding skips its random init; the table always
+        # comes from a checkpoint, and normal_ on the meta device costs ~1.5 s of imports on first use.
+        self.embedding = nn.Embedding(size, dim, _weight=torch.empty(size, dim))
 
 
 WeightArg = Union[float, Sequence[float], Tensor, None]
@@ -337,22 +348,23 @@ class CodeFormer(nn.Module):
     [-1, 1]. ``w`` is the fidelity weight (0 = strongest restoration, 1 = closest to the
     input), a float or a per-sample [B] tensor; ``None`` and ``adain=None`` mean the
     variant's defaults. Returns the raw (unclamped) output, or ``(out, logits, idx)``.
+    ``options`` (fixed at construction) choose how this instance computes.
     """
 
-    retain_cpu_memory = True  # see cpu_memory.py; off only for the benchmark's naive baseline
-    precise_encoder_tail = True  # see encode(); off only for the benchmark's naive baseline
-
-    def __init__(self, variant: Union[str, VariantConfig] = "restoration"):
+    def __init__(self, variant: Union[str, VariantConfig] = "restoration",
+                 options: Optional[CodeFormerOptions] = None):
         super().__init__()
         self.config = VARIANTS[variant] if isinstance(variant, str) else variant
+        self.options = options if options is not None else CodeFormerOptions()
         self.variant = self.config.name
         self.memory_format = torch.contiguous_format
         self.position_emb = nn.Parameter(torch.empty(LATENT_SIZE * LATENT_SIZE, TRANSFORMER_DIM))
-        self.encoder = _Stack(_encoder_blocks())
+        self.encoder = _Stack(_encoder_blocks(self.options))
         self.quantize = _Codebook(self.config.codebook_size, EMBED_DIM)
-        self.generator = _Stack(_generator_blocks())
+        self.generator = _Stack(_generator_blocks(self.options))
         self.feat_emb = nn.Linear(EMBED_DIM, TRANSFORMER_DIM)
-        self.ft_layers = nn.Sequential(*[TransformerLayer(TRANSFORMER_DIM, TRANSFORMER_HEADS, 2 * TRANSFORMER_DIM)
+        self.ft_layers = nn.Sequential(*[TransformerLayer(TRANSFORMER_DIM, TRANSFORMER_HEADS, 2 * TRANSFORMER_DIM,
+                                                          self.options.use_sdpa)
                                          for _ in range(TRANSFORMER_LAYERS)])
         self.idx_pred_layer = nn.Sequential(nn.LayerNorm(TRANSFORMER_DIM, eps=LAYERNORM_EPS),
                                             nn.Linear(TRANSFORMER_DIM, self.config.codebook_size, bias=False))
@@ -400,7 +412,7 @@ class CodeFormer(nn.Module):
         amplifies into the code logits, and halving it doubles the margin to the golden rule.
         """
         tap_at = {ENCODER_TAPS[r]: r for r in self.config.fusion_resolutions} if keep_taps else {}
-        precise = self.precise_encoder_tail and x.device.type == "cpu" and self.conv_dtype == torch.float32
+        precise = self.options.precise_encoder_tail and x.device.type == "cpu" and self.conv_dtype == torch.float32
         bounds = sorted({i + 1 for i in tap_at} | ({PRECISE_ENCODER_FROM} if precise else set()))
         taps: Dict[int, Tensor] = {}
         h = x.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
@@ -456,12 +468,6 @@ class CodeFormer(nn.Module):
                 return_codes: bool = False):
         if x.dim() != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected input [B,3,{IMAGE_SIZE},{IMAGE_SIZE}], got {list(x.shape)}")
-        if x.device.type == "cpu" and self.retain_cpu_memory:
-            with retain_freed_memory():
-                return self._forward(x, w, adain, return_codes)
-        return self._forward(x, w, adain, return_codes)
-
-    def _forward(self, x: Tensor, w: WeightArg, adain: Optional[bool], return_codes: bool):
         adain = self.config.default_adain if adain is None else adain
         w_t, fuse = self._weights(w, x.shape[0], x.device)
         fuse = fuse and len(self.fuse_convs_dict) > 0

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import torch
 
 from .checkpoint import CheckpointError, Source, detect_variant, read_state_dict
-from .codeformer import CodeFormer
+from .codeformer import CodeFormer, CodeFormerOptions
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -40,10 +40,12 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
 
 
 def load_model(source: Source, device: Union[str, torch.device, None] = None,
-               dtype: Union[str, torch.dtype, None] = None) -> CodeFormer:
+               dtype: Union[str, torch.dtype, None] = None,
+               options: Optional[CodeFormerOptions] = None) -> CodeFormer:
     """Load any published CodeFormer variant, detected from the state dict's keys and shapes.
 
-    Returns the model in eval mode, without autograd state, with ``.variant`` set.
+    Returns the model in eval mode, without autograd state, with ``.variant`` set; ``options``
+    choose how it computes (default: the fast, precise settings).
     """
     where = "the given state dict" if isinstance(source, Mapping) else str(source)
     state_dict = read_state_dict(source)
@@ -52,7 +54,7 @@ def load_model(source: Source, device: Union[str, torch.device, None] = None,
     if bad:
         raise CheckpointError(f"{where} contains NaN or infinite values (e.g. in {bad[0]}); the file is damaged")
     with torch.device("meta"):
-        model = CodeFormer(variant)
+        model = CodeFormer(variant, options)
     model.load_state_dict(state_dict, strict=True, assign=True)
     model.float().eval().requires_grad_(False)
     device = resolve_device(device)
