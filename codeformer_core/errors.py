@@ -84,3 +84,13 @@ def first_line(e: BaseException) -> str:
     """The first line of an error's message (its type name when the message is empty)."""
     text = str(e).strip().splitlines()
     return text[0] if text else type(e).__name__
+
+
+class NotEnoughMemoryError(CodeFormerError, MemoryError):
+    """Work that ran out of memory even one item at a time, after the chunk loop halved its chunks
+    down to one (``chunks.run_in_chunks``). ``what`` names the item and its size ("frame 3
+    (8000x64)"), ``item`` is its index among the items of that call."""
+
+    def __init__(self, what: str, item: int = 0, message: Optional[str] = None):
+        self.what, self.item = what, int(item)
+        super().__init__(message or f"not enough memory for {what}, even on its own")

@@ -10,6 +10,7 @@ Lanczos resizing; pass ``conf_threshold=0.97`` for its stricter behaviour.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Optional, Sequence, Tuple
 
@@ -23,6 +24,12 @@ from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_l
 DEFAULT_CONF_THRESHOLD = 0.8
 DEFAULT_NMS_THRESHOLD = 0.4
 DEFAULT_RESOLUTION = 640
+# Bounds on the network input, whatever the frame's shape or the resolution asked for: an extreme
+# aspect ratio (8000x64 at short side 640 would be 80000x640) or a huge frame at resolution 0 is
+# scaled down further, aspect kept. Ordinary frames (aspect up to 6.4:1 at 640) are not affected.
+# RetinaFace ResNet-50 needs about 300 bytes per network pixel on the CPU: at most ~1.3 GB a frame.
+MAX_NETWORK_SIDE = 4096
+MAX_NETWORK_PIXELS = 2048 * 2048
 SELECTIONS = ("all", "largest", "center", "index")
 SORT_KEYS = ("area", "left_to_right", "confidence")
 
@@ -95,11 +102,17 @@ class Detections:
         return Detections(z(0, 4), z(0), z(0, 5, 2), z(0, dt=torch.int64), num_frames, tuple(frame_size))
 
 
-def _network_size(height: int, width: int, resolution: Optional[int]) -> Tuple[int, int]:
-    """Size the frames are resized to so the short side equals ``resolution`` (None/0: unchanged)."""
-    if not resolution or resolution <= 0 or min(height, width) == resolution:
+def network_size(height: int, width: int, resolution: Optional[int]) -> Tuple[int, int]:
+    """Size the frames are resized to for the network: short side ``resolution`` (None/0: the
+    frame's own size), then scaled down if needed so that the long side is at most
+    ``MAX_NETWORK_SIDE`` and the area at most ``MAX_NETWORK_PIXELS``."""
+    short, long_ = min(height, width), max(height, width)
+    factor = resolution / short if resolution and resolution > 0 else 1.0
+    bound = min(MAX_NETWORK_SIDE / long_, math.sqrt(MAX_NETWORK_PIXELS / (height * width)))
+    if factor > bound:  # too large: the largest size within both bounds
+        return max(1, int(height * bound)), max(1, int(width * bound))
+    if factor == 1.0:
         return height, width
-    factor = resolution / min(height, width)
     if height <= width:
         return int(resolution), max(1, int(round(width * factor)))
     return max(1, int(round(height * factor))), int(resolution)
@@ -172,7 +185,7 @@ class FaceDetector:
             return Detections.empty(num_frames, (height, width), self.device)
         device = self.device
         net_dtype = next(self.net.parameters()).dtype
-        net_h, net_w = _network_size(height, width, resolution)
+        net_h, net_w = network_size(height, width, resolution)
         priors = prior_boxes(net_h, net_w, device)
         # Decoded coordinates are fractions of the network input, which spans the whole frame,
         # so scaling by the ORIGINAL size maps straight back to frame pixels.
@@ -195,7 +208,11 @@ class FaceDetector:
             keep = batched_nms(boxes, cand_scores, frame_ids, nms_threshold)
             return boxes[keep], cand_scores[keep], points[keep], frame_ids[keep] + start
 
-        parts = run_in_chunks(num_frames, num_frames if chunk_size <= 0 else chunk_size, chunk, device=device)
+        # Frames per network batch: as asked, within MAX_NETWORK_PIXELS (always at least one frame).
+        per_chunk = min(num_frames if chunk_size <= 0 else chunk_size, max(1, MAX_NETWORK_PIXELS // (net_h * net_w)))
+        parts = run_in_chunks(num_frames, per_chunk, chunk, device=device,
+                              describe=lambda i: f"face detection on frame {i + 1} ({width}x{height}, "
+                                                 f"network input {net_w}x{net_h})")
         if not parts:
             return Detections.empty(num_frames, (height, width), device)
         boxes, scores, points, frame_index = (torch.cat(p) for p in zip(*parts))
