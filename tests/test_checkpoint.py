@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from codeformer_core import CheckpointError, convert_to_safetensors, detect_variant, load_model, read_state_dict
-from codeformer_core.models.codeformer import VARIANTS, expected_shapes
+from codeformer_core.models.checkpoint import save_safetensors
+from codeformer_core.models.codeformer import VARIANTS, CodeFormerOptions, expected_shapes
+from codeformer_core.models.registry import FAMILIES, detect, first_non_finite, load_network
 from codeformer_core.dev.synthetic import synth_state_dict
 
 
@@ -38,14 +40,15 @@ def test_variant_detected_from_keys_and_shapes(variant):
 def test_one_missing_key():
     sd = meta_state_dict("restoration")
     del sd["ft_layers.3.linear1.bias"]
-    with pytest.raises(CheckpointError, match=r"1 missing \(e.g. ft_layers.3.linear1.bias\)"):
+    with pytest.raises(CheckpointError, match=r"1 missing: ft_layers.3.linear1.bias\. The file may be damaged"):
         detect_variant(sd)
 
 
 def test_one_extra_key():
     sd = meta_state_dict("colorization")
     sd["generator.blocks.99.weight"] = torch.empty(3, device="meta")
-    with pytest.raises(CheckpointError, match=r"closest is 'colorization' but 1 unexpected"):
+    with pytest.raises(CheckpointError, match=r"closest is CodeFormer \(colorization\) but 1 unexpected: "
+                                              r"generator.blocks.99.weight"):
         detect_variant(sd)
 
 
@@ -153,3 +156,69 @@ def test_nan_weights_are_refused(restoration_sd):
     sd["feat_emb.bias"] = torch.full_like(sd["feat_emb.bias"], float("nan"))
     with pytest.raises(CheckpointError, match="NaN"):
         load_model(sd)
+
+
+def test_wrapper_prefix_and_nesting_are_removed_once_for_every_network(restoration_sd):
+    wrapped = {"state_dict": {f"module.{k}": v for k, v in restoration_sd.items()}}
+    assert read_state_dict(wrapped).keys() == restoration_sd.keys()
+    assert load_model(wrapped).variant == "restoration"
+
+
+def test_same_weight_with_and_without_prefix_is_refused():
+    with pytest.raises(CheckpointError, match="'module.a' and 'a': the same weight twice"):
+        read_state_dict({"module.a": torch.zeros(1), "a": torch.zeros(1)})
+
+
+def test_nan_message_names_the_file_the_network_and_the_tensor(official_file, restoration_sd, tmp_path):
+    sd = dict(restoration_sd)
+    sd["generator.blocks.3.conv2.weight"] = sd["generator.blocks.3.conv2.weight"].clone()
+    sd["generator.blocks.3.conv2.weight"][1, 2, 0, 0] = -float("inf")  # one value of 2.4M
+    path = tmp_path / "damaged.safetensors"
+    save_safetensors(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        load_model(path)
+    for part in (str(path), "CodeFormer (restoration)", "NaN or infinite", "generator.blocks.3.conv2.weight",
+                 "download it again"):
+        assert part in str(err.value)
+
+
+def test_finiteness_screen_has_no_false_alarm_and_misses_nothing():
+    big = torch.full((3_000_000,), 100.0, dtype=torch.float16)  # finite, but its 2-norm (1.7e5) overflows float16
+    sd = {"a": torch.zeros(4), "big": big, "count": torch.zeros((), dtype=torch.int64), "empty": torch.zeros(0)}
+    assert first_non_finite(sd) is None
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for key in ("a", "big"):
+            broken = dict(sd, **{key: sd[key].clone()})
+            broken[key][-1] = bad
+            assert first_non_finite(broken) == key
+
+
+def test_loading_without_a_kind_detects_any_network_and_names_foreign_files():
+    sd = {k: torch.empty(s, device="meta") for k, s in expected_shapes("colorization").items()}
+    assert detect(sd).key == ("codeformer", "colorization")
+    gfpgan = {"stylegan_decoder.style_mlp.1.weight": torch.zeros(4, 4)}
+    with pytest.raises(CheckpointError, match="not a network this pack loads: it looks like a GFPGAN checkpoint; "
+                                              "expected codeformer.pth.*detection_Resnet50_Final.pth.*parsing_parsenet"):
+        load_network(gfpgan)
+    with pytest.raises(CheckpointError, match="not a CodeFormer checkpoint: it looks like a BiSeNet face parser"):
+        load_network({"cp.resnet.conv1.weight": torch.zeros(1)}, "codeformer")
+    with pytest.raises(ValueError, match="unknown network kind 'gfpgan'"):
+        load_network(gfpgan, "gfpgan")
+
+
+def test_one_family_table_names_what_it_cannot_load():
+    loadable = {f.kind for f in FAMILIES if f.architectures}
+    assert loadable == {"codeformer", "retinaface", "parsenet"}
+    assert sum(len(f.architectures) for f in FAMILIES) == 6
+    for family in FAMILIES:
+        assert family.looks_like.startswith(("a ", "an "))
+        assert not family.architectures or (family.noun and family.expected)
+
+
+def test_options_belong_to_the_instance(restoration_sd):
+    naive = CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False)
+    a, b = load_model(restoration_sd, options=naive), load_model(restoration_sd)
+    assert a.options == naive and b.options == CodeFormerOptions()
+    assert not a.generator.blocks[2].use_sdpa and b.generator.blocks[2].use_sdpa
+    assert not a.ft_layers[0].self_attn.use_sdpa and b.ft_layers[0].self_attn.use_sdpa
+    assert not a.generator.blocks[8].fold and b.generator.blocks[8].fold

@@ -1,4 +1,4 @@
-"""ParseNet against the golden vectors (FACE_NETS.md sections 5 and 7).
+"""ParseNet against the golden vectors (tests/data/face_golden).
 
 The logits and the image head are compared on the stored 74x74 grid (float32), labels
 everywhere except the pixels whose top-2 logit gap is below 1e-3.
@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from codeformer_core.models.checkpoint import CheckpointError
+from codeformer_core.errors import CheckpointError
 from codeformer_core.models.parsenet import NUM_CLASSES, ParseNet, load_parsenet, parse_faces
 from codeformer_core.dev.synthetic import synth_state_dict
 
@@ -137,5 +137,6 @@ def test_loader_refuses_other_models(weights):
         load_parsenet({"w": torch.randn(3, 3)})
     wrong = dict(weights)
     wrong["out_mask_conv.conv2d.weight"] = torch.zeros(11, 64, 3, 3)
-    with pytest.raises(CheckpointError, match=r"wrong shape: out_mask_conv.conv2d.weight \(11, 64, 3, 3\)"):
+    with pytest.raises(CheckpointError, match=r"closest is ParseNet \(19 classes, 512 px\) but 1 wrong shape: "
+                                              r"out_mask_conv.conv2d.weight is \[11, 64, 3, 3\], expected \[19, 64, 3, 3\]"):
         load_parsenet(wrong)

@@ -1,4 +1,4 @@
-"""RetinaFace (ResNet-50, MobileNet-0.25) against the golden vectors (FACE_NETS.md sections 4, 7, 9).
+"""RetinaFace (ResNet-50, MobileNet-0.25) against the golden vectors (tests/data/face_golden).
 
 Weights are the golden synthetic ones built in memory; inputs are the astronaut image
 ("full") and its 400x452 crop ("crop", catches H/W mix-ups and odd feature-map sizes).
@@ -13,9 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from codeformer_core.models.checkpoint import CheckpointError
+from codeformer_core.errors import CheckpointError
+from codeformer_core.models.registry import detect
 from codeformer_core.models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks,
-                                        detect_backbone, load_retinaface, prior_boxes)
+                                               load_retinaface, prior_boxes)
 from codeformer_core.dev.synthetic import synth_state_dict
 
 DATA = Path(__file__).parent / "data" / "face_golden"
@@ -202,7 +203,7 @@ def test_loader_reports_damaged_detector(mobile_weights):
         load_retinaface(broken)
     message = str(info.value)
     for part in ("RetinaFace (mobilenet0.25)", "missing: ClassHead.0.conv1x1.bias", "unexpected: extra.weight",
-                 "fpn.merge1.0.weight (64, 64, 1, 1) (expected (64, 64, 3, 3))"):
+                 "fpn.merge1.0.weight is [64, 64, 1, 1], expected [64, 64, 3, 3]"):
         assert part in message
     nan = dict(mobile_weights)
     nan["BboxHead.1.conv1x1.bias"] = torch.full((8,), float("nan"))
@@ -210,9 +211,11 @@ def test_loader_reports_damaged_detector(mobile_weights):
         load_retinaface(nan)
 
 
-def test_detect_backbone_resnet50():
-    keys = {name: torch.zeros(0) for name, _, _ in manifest("resnet50")}
-    assert detect_backbone(keys) == "resnet50"
+@pytest.mark.parametrize("backbone", NETS)
+def test_backbone_is_detected_from_keys_and_shapes(backbone):
+    meta = {name: torch.empty(shape, device="meta") for name, shape, _ in manifest(NETS[backbone])}
+    assert detect(meta, "retinaface").name == backbone
+    assert detect(meta).title == f"RetinaFace ({backbone})"
     with pytest.raises(ValueError, match="unknown RetinaFace backbone"):
         RetinaFace("vgg16")
 

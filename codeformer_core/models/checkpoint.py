@@ -1,19 +1,21 @@
-"""Reading weight files safely and recognising what they hold.
+"""Weight files <-> state dicts: safe reading, canonical keys, writing .safetensors.
 
 A checkpoint is only ever read as tensors: ``.pth``/``.ckpt`` through
 ``torch.load(weights_only=True)`` (a pickle that tries to build arbitrary objects is
-refused before anything runs) or ``.safetensors``. What a file *is* is decided from its
-keys and shapes, never from its name.
+refused before anything runs) or ``.safetensors``. ``read_state_dict`` then canonicalises
+once: the tensors are unwrapped from ``params_ema``/``params``/``state_dict``/``model``
+nesting and a training wrapper's prefix shared by every key (``module.``, ``_orig_mod.``) is
+stripped. What the tensors *are* is decided by ``registry.py`` from keys and shapes, never
+from the file name.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Tuple, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 
-from .codeformer import VARIANTS, expected_shapes
 from ..errors import CheckpointError
 
 Tensor = torch.Tensor
@@ -21,6 +23,8 @@ StateDict = Dict[str, Tensor]
 Source = Union[str, os.PathLike, Mapping[str, Tensor]]
 
 NESTING_KEYS = ("params_ema", "params", "state_dict", "model")
+# Prefixes a training wrapper puts on every key: DataParallel/DistributedDataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -38,10 +42,41 @@ def _sniff(path: Path) -> str:
     return "unknown"
 
 
+def describe_source(source: Source) -> str:
+    """How messages name a source: its path, or "the given state dict"."""
+    return "the given state dict" if isinstance(source, Mapping) else str(Path(source))
+
+
 def read_state_dict(source: Source) -> StateDict:
-    """Tensors of a checkpoint file or dict, unwrapped from ``params_ema``/``params``/... nesting."""
+    """The canonical tensors of a checkpoint file or dict (see the module docstring)."""
+    return canonicalize(_read(source), describe_source(source))
+
+
+def canonicalize(obj, where: str) -> StateDict:
+    """Unwrap the nesting, then strip the wrapper prefixes; ``where`` names the source in errors."""
+    return strip_wrapper_prefixes(_unwrap(obj, where), where)
+
+
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor], where: str = "the state dict") -> StateDict:
+    """Drop ``WRAPPER_PREFIXES`` from the keys that start with them, key by key, as the reference
+    loaders (basicsr, facexlib) do with ``module.``."""
+    out = dict(state_dict)
+    for prefix in WRAPPER_PREFIXES:
+        if not any(k.startswith(prefix) for k in out):
+            continue
+        stripped = {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in out.items()}
+        if len(stripped) != len(out):
+            twice = next(k for k in out if k.startswith(prefix) and k[len(prefix):] in out)
+            raise CheckpointError(f"{where} holds '{twice}' and '{twice[len(prefix):]}': the same weight twice, "
+                                  f"with and without the '{prefix}' prefix; re-save it with one copy")
+        out = stripped
+    return out
+
+
+def _read(source: Source):
+    """What the source holds: a (possibly nested) mapping, not yet canonical."""
     if isinstance(source, Mapping):
-        return _unwrap(_tensors_from_arrays(source), "the given state dict")
+        return _tensors_from_arrays(source)
     path = Path(source)
     if not path.is_file():
         raise CheckpointError(f"weight file not found: {path}")
@@ -50,7 +85,7 @@ def read_state_dict(source: Source) -> StateDict:
         raise CheckpointError(f"{path} is empty (0 bytes): the download was probably interrupted; "
                               "delete it and download it again")
     if kind == "safetensors" or path.suffix.lower() == ".safetensors":
-        return _unwrap(_read_safetensors(path), str(path))
+        return _read_safetensors(path)
     if kind == "unknown":
         raise CheckpointError(f"{path} is neither a PyTorch checkpoint nor a safetensors file "
                               f"(it starts with bytes {_head_hex(path)}); expected a .pth/.ckpt/.safetensors weight file")
@@ -58,7 +93,7 @@ def read_state_dict(source: Source) -> StateDict:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
         raise CheckpointError(_explain_load_failure(path, kind, exc)) from None
-    return _unwrap(obj, str(path))
+    return obj
 
 
 def _tensors_from_arrays(obj):
@@ -117,76 +152,6 @@ def _unwrap(obj, where: str) -> StateDict:
     raise CheckpointError(f"{where} holds a {type(obj).__name__}, not a state dict of tensors")
 
 
-# -- recognising ---------------------------------------------------------------------------------
-_FAMILIES = (  # (what it looks like, a key prefix or name that gives it away)
-    ("a CodeFormer checkpoint", "quantize.embedding.weight"),
-    ("a GFPGAN checkpoint", "stylegan_decoder."),
-    ("a GFPGAN checkpoint", "conv_body_first."),
-    ("a Real-ESRGAN / ESRGAN (RRDBNet) upscaler", "conv_first."),
-    ("a Real-ESRGAN / ESRGAN (RRDBNet) upscaler", "model.0.weight"),
-    ("a RetinaFace face detector", "ClassHead."),
-    ("a RetinaFace face detector", "body.conv1."),
-    ("a ParseNet face parser", "out_mask_conv."),
-    ("a BiSeNet face parser", "cp.resnet."),
-    ("a RestoreFormer checkpoint", "vqvae."),
-    ("a Stable Diffusion / LDM checkpoint", "model.diffusion_model."),
-)
-
-
-def describe(state_dict: Mapping[str, Tensor]) -> str:
-    """Best guess of the model family, for error messages."""
-    keys = list(state_dict)
-    for name, marker in _FAMILIES:
-        if any(k == marker or k.startswith(marker) or k.startswith("module." + marker) for k in keys):
-            return name
-    n = sum(int(v.numel()) for v in state_dict.values() if isinstance(v, Tensor))
-    return f"an unknown model ({len(keys)} tensors, {n:,} values, first key '{keys[0] if keys else ''}')"
-
-
-_EXPECTED_CACHE: Dict[str, Dict[str, Tuple[int, ...]]] = {}
-
-
-def _expected(variant: str) -> Dict[str, Tuple[int, ...]]:
-    if variant not in _EXPECTED_CACHE:
-        _EXPECTED_CACHE[variant] = expected_shapes(variant)
-    return _EXPECTED_CACHE[variant]
-
-
-def _mismatch(state_dict: Mapping[str, Tensor], variant: str) -> Tuple[list, list, list]:
-    exp = _expected(variant)
-    missing = [k for k in exp if k not in state_dict]
-    extra = [k for k in state_dict if k not in exp]
-    wrong = [(k, tuple(state_dict[k].shape), exp[k]) for k in exp
-             if k in state_dict and tuple(state_dict[k].shape) != exp[k]]
-    return missing, extra, wrong
-
-
-def detect_variant(state_dict: Mapping[str, Tensor], where: str = "the checkpoint") -> str:
-    """The CodeFormer variant whose exact key/shape contract the state dict meets."""
-    if "quantize.embedding.weight" not in state_dict:
-        raise CheckpointError(f"{where} looks like {describe(state_dict)}, not CodeFormer; expected "
-                              f"codeformer.pth, codeformer_colorization.pth or codeformer_inpainting.pth "
-                              "(a state dict with 'quantize.embedding.weight')")
-    scores = {}
-    for variant in VARIANTS:
-        missing, extra, wrong = _mismatch(state_dict, variant)
-        if not (missing or extra or wrong):
-            return variant
-        scores[variant] = (len(missing) + len(extra) + len(wrong), missing, extra, wrong)
-    best = min(scores, key=lambda v: scores[v][0])
-    _, missing, extra, wrong = scores[best]
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if extra:
-        parts.append(f"{len(extra)} unexpected (e.g. {', '.join(extra[:3])})")
-    if wrong:
-        parts.append("wrong shapes: " + "; ".join(f"{k} is {list(a)}, expected {list(b)}" for k, a, b in wrong[:3]))
-    raise CheckpointError(f"{where} is a CodeFormer-like state dict that matches no published variant; "
-                          f"closest is '{best}' but {', '.join(parts)}. The file may be damaged or "
-                          "from a modified model; re-download the official file")
-
-
 # -- writing -------------------------------------------------------------------------------------
 def save_safetensors(state_dict: Mapping[str, Tensor], path: Union[str, os.PathLike],
                      fp16: bool = False, metadata: Optional[Dict[str, str]] = None) -> Path:
@@ -201,14 +166,9 @@ def save_safetensors(state_dict: Mapping[str, Tensor], path: Union[str, os.PathL
     return path
 
 
-def convert_to_safetensors(source: Source, dest: Union[str, os.PathLike, None] = None,
-                           fp16: bool = False) -> Path:
-    """Convert a CodeFormer checkpoint to .safetensors; the variant is checked first."""
-    state_dict = read_state_dict(source)
-    variant = detect_variant(state_dict, str(source) if not isinstance(source, Mapping) else "the state dict")
-    if dest is None:
-        if isinstance(source, Mapping):
-            raise ValueError("dest is required when converting an in-memory state dict")
-        stem = Path(source).with_suffix("")
-        dest = stem.with_name(stem.name + ("_fp16" if fp16 else "") + ".safetensors")
-    return save_safetensors(state_dict, dest, fp16=fp16, metadata={"variant": variant, "format": "codeformer"})
+def __getattr__(name):
+    """Names that lived here before the loading path moved to registry.py (kept for callers)."""
+    if name in ("describe", "detect_variant", "convert_to_safetensors"):
+        from . import registry
+        return getattr(registry, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

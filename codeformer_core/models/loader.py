@@ -1,4 +1,7 @@
-"""``load_model``: a checkpoint (file or dict) to a ready CodeFormer on the chosen device."""
+"""``load_model``: a checkpoint (file or dict) to a ready CodeFormer on the chosen device and precision.
+
+Loading itself is ``registry.load_network``; this module adds the device and precision policy.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,8 +9,9 @@ from typing import Mapping, Optional, Union
 
 import torch
 
-from .checkpoint import CheckpointError, Source, detect_variant, read_state_dict
+from .checkpoint import Source
 from .codeformer import CodeFormer, CodeFormerOptions
+from .registry import load_network
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
@@ -45,18 +49,9 @@ def load_model(source: Source, device: Union[str, torch.device, None] = None,
     """Load any published CodeFormer variant, detected from the state dict's keys and shapes.
 
     Returns the model in eval mode, without autograd state, with ``.variant`` set; ``options``
-    choose how it computes (default: the fast, precise settings).
+    choose how it computes (default: the fast, precise settings). Raises CheckpointError.
     """
-    where = "the given state dict" if isinstance(source, Mapping) else str(source)
-    state_dict = read_state_dict(source)
-    variant = detect_variant(state_dict, where)
-    bad = [k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()]
-    if bad:
-        raise CheckpointError(f"{where} contains NaN or infinite values (e.g. in {bad[0]}); the file is damaged")
-    with torch.device("meta"):
-        model = CodeFormer(variant, options)
-    model.load_state_dict(state_dict, strict=True, assign=True)
-    model.float().eval().requires_grad_(False)
+    model = load_network(source, "codeformer", options=options)
     device = resolve_device(device)
     model.to(device)
     target = resolve_dtype(dtype, device)

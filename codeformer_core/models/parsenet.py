@@ -1,7 +1,9 @@
-"""ParseNet face parser (19 classes, 512 in / 512 out), written from FACE_NETS.md section 5.
+"""ParseNet face parser (19 classes, 512 in / 512 out), as facexlib 0.3.0 builds it.
 
 Keys match the published ``parsing_parsenet.pth``. The label maps feed the parse-mask
 paste-back (paste.py turns labels into blend weights); this module only produces labels.
+Layout: every conv is 3x3 with reflection padding; encoder 512 -> 32 px, 10 residual blocks
+with a long skip, decoder back to 512, two heads (docs/models.md).
 """
 from __future__ import annotations
 
@@ -11,8 +13,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import CheckpointError, describe, read_state_dict
-from .retinaface import _strip_prefix, build_checked
 
 NUM_CLASSES = 19
 INPUT_SIZE = 512
@@ -107,19 +107,11 @@ class ParseNet(nn.Module):
         return self.out_mask_conv(feat), self.out_img_conv(feat)
 
 
-def _looks_like_parsenet(state_dict) -> bool:
-    return "out_mask_conv.conv2d.weight" in state_dict and "encoder.0.conv2d.weight" in state_dict
-
-
 def load_parsenet(source, device=None) -> ParseNet:
-    """ParseNet in eval mode from a file path or state dict (strict, ``num_batches_tracked`` optional)."""
-    state_dict = _strip_prefix(read_state_dict(source))
-    if not _looks_like_parsenet(state_dict):
-        raise CheckpointError(
-            f"not a ParseNet face-parsing checkpoint: it looks like {describe(state_dict)}; "
-            "expected parsing_parsenet.pth (keys encoder.*, body.*, decoder.*, out_img_conv.*, out_mask_conv.*)")
-    model = build_checked(ParseNet, state_dict, "ParseNet (19 classes, 512 px)")
-    return model.to(device) if device is not None else model
+    """ParseNet in eval mode from a file path or state dict (strict, ``num_batches_tracked`` optional).
+    Raises CheckpointError."""
+    from .registry import load_network  # the registry builds this module's classes
+    return load_network(source, "parsenet", device=device)
 
 
 # no_grad, not inference_mode: callers may edit the returned tensors in place.

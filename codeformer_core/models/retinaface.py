@@ -1,18 +1,18 @@
-"""RetinaFace face detector (ResNet-50 and MobileNet-0.25 backbones), written from FACE_NETS.md.
+"""RetinaFace face detector (ResNet-50 and MobileNet-0.25 backbones), as facexlib 0.3.0 builds it.
 
 State-dict keys match the published ``detection_Resnet50_Final.pth`` /
 ``detection_mobilenet0.25_Final.pth`` files, so those load strictly. Everything after the
-network (priors, decode, NMS) is batched: one call handles every frame of a chunk.
+network (priors, decode, NMS) is batched: one call handles every frame of a chunk. The layout
+rules that are easy to get wrong (activation per module, nearest resize by size, head row order)
+are stated where they are coded and in docs/models.md.
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from .checkpoint import CheckpointError, describe, read_state_dict
 
 BACKBONES = ("resnet50", "mobilenet0.25")
 _BACKBONE_ALIASES = {"resnet50": "resnet50", "resnet-50": "resnet50", "r50": "resnet50",
@@ -116,7 +116,9 @@ class ResNet50Body(nn.Module):
 
 
 def _module_slope(out_channels: int) -> float:
-    """FPN/SSH activation: LeakyReLU(0.1) for 64-channel modules, ReLU (slope 0) above (spec 9.3)."""
+    """FPN/SSH activation, chosen by the *module's* out channels (64 for MobileNet-0.25, 256 for
+    ResNet-50), not by a single conv's width: LeakyReLU(0.1) up to 64, ReLU (slope 0) above. So the
+    ResNet-50 SSH branch convs, 64 channels wide, still use ReLU."""
     return 0.1 if out_channels <= 64 else 0.0
 
 
@@ -287,65 +289,8 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
 
 # --------------------------------------------------------------------------- loading
 
-def _strip_prefix(state_dict: Mapping[str, torch.Tensor], prefix: str = "module.") -> Dict[str, torch.Tensor]:
-    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
-
-
-def build_checked(factory: Callable[[], nn.Module], state_dict: Mapping[str, torch.Tensor],
-                  expected: str) -> nn.Module:
-    """Build ``factory()`` from a state dict, strictly: only ``num_batches_tracked`` may be absent.
-
-    The module is built on the meta device and takes the given tensors (no wasted random
-    init), then is cast to float32 and put in eval mode without autograd. Raises
-    CheckpointError (a ValueError) naming what the file looks like and what is wrong.
-    """
-    with torch.device("meta"):
-        model = factory()
-    own = model.state_dict()
-    given = dict(state_dict)
-    optional = {k for k in own if k.endswith("num_batches_tracked")}
-    missing = [k for k in own if k not in given and k not in optional]
-    unexpected = [k for k in given if k not in own]
-    bad_shape = [f"{k} {tuple(given[k].shape)} (expected {tuple(own[k].shape)})"
-                 for k in own if k in given and tuple(given[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or bad_shape:
-        details = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", bad_shape)):
-            if items:
-                more = f" (+{len(items) - 3} more)" if len(items) > 3 else ""
-                details.append(f"{len(items)} {label}: {', '.join(items[:3])}{more}")
-        raise CheckpointError(f"this checkpoint does not fit {expected}: it looks like {describe(given)}. "
-                              + "; ".join(details))
-    damaged = next((k for k, v in given.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
-    if damaged is not None:
-        raise CheckpointError(f"this {expected} checkpoint contains NaN or infinite values "
-                              f"(e.g. in {damaged}); the file is damaged: download it again")
-    for key in optional:
-        given.setdefault(key, torch.zeros((), dtype=torch.int64))
-    model.load_state_dict(given, strict=True, assign=True)
-    return model.float().eval().requires_grad_(False)
-
-
-def detect_backbone(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """'resnet50' or 'mobilenet0.25' from the keys (never from a file name).
-
-    Only the family is decided here; check_and_load then reports any missing key or wrong shape.
-    """
-    keys = list(state_dict)
-    is_detector = any(k.startswith(("ClassHead.", "BboxHead.", "LandmarkHead.", "fpn.", "ssh1.")) for k in keys)
-    if is_detector and any(k.startswith("body.stage1.") for k in keys):
-        return "mobilenet0.25"
-    if is_detector and any(k.startswith(("body.conv1.", "body.layer")) for k in keys):
-        return "resnet50"
-    raise CheckpointError(
-        f"not a RetinaFace face-detector checkpoint: it looks like {describe(state_dict)}; "
-        "expected detection_Resnet50_Final.pth or detection_mobilenet0.25_Final.pth "
-        "(keys body.*, fpn.*, ssh1-3.*, ClassHead/BboxHead/LandmarkHead.*)")
-
-
 def load_retinaface(source, device=None) -> RetinaFace:
-    """RetinaFace in eval mode from a file path or state dict; the backbone comes from the keys."""
-    state_dict = _strip_prefix(read_state_dict(source))
-    backbone = detect_backbone(state_dict)
-    model = build_checked(lambda: RetinaFace(backbone), state_dict, f"RetinaFace ({backbone})")
-    return model.to(device) if device is not None else model
+    """RetinaFace in eval mode from a file path or state dict; the backbone comes from the keys
+    (``module.`` prefixes stripped, ``num_batches_tracked`` optional). Raises CheckpointError."""
+    from .registry import load_network  # the registry builds this module's classes
+    return load_network(source, "retinaface", device=device)
