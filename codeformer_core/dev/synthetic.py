@@ -1,9 +1,10 @@
 """Deterministic synthetic weights (the golden-vector formula, SALT configurable).
 
 Real checkpoints cannot be downloaded on test machines, so tests and benchmarks build
-weights from this formula. It reproduces, bit for bit, the tensors that the golden
-vectors in ``shared/golden`` were computed with (see its README, section 3, and
-FACE_NETS.md, section 2).
+weights from this formula. It reproduces, bit for bit, the tensors that the golden vectors
+(``tests/data/golden``, ``tests/data/face_golden``) were computed with: for each entry, a
+splitmix64-style hash of (crc32(name) XOR salt, element index) mapped to [-1, 1), scaled by the
+rules in ``synth_tensor`` and the per-name gains below (docs/models.md, "Golden data").
 """
 from __future__ import annotations
 
