@@ -18,6 +18,20 @@ class CheckpointError(CodeFormerError, ValueError):
     """A weight file that cannot be used; the message says what it is and what was expected."""
 
 
+class NotAFaceModelError(CheckpointError):
+    """A model file (or a loaded spandrel model) that is not a face-restoration network: what it is
+    instead is in ``architecture``, ``purpose`` (spandrel's: "SR", "Restoration" ...) and ``scale``."""
+
+    def __init__(self, name: str, architecture: str, purpose: Optional[str], scale: int = 1,
+                 message: Optional[str] = None):
+        self.name, self.architecture, self.purpose, self.scale = name, architecture, purpose, int(scale)
+        what = {"SR": f"a {self.scale}x image upscaler", "Restoration": "a 1x image restoration model "
+                "(denoising, deblurring, ...)", "Inpainting": "an inpainting model"}.get(
+            purpose or "", f"a {purpose or 'non-image'} model")
+        super().__init__(message or f"{name} is {what} ({architecture}), not a face-restoration model "
+                                    f"(GFPGAN, RestoreFormer, CodeFormer)")
+
+
 class WrongVariantError(CodeFormerError, ValueError):
     """A model of variant ``have`` was given to a step that needs variant ``want``."""
 

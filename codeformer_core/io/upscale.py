@@ -14,7 +14,8 @@ from typing import Callable, Union
 import torch
 import torch.nn.functional as F
 
-from ..errors import CheckpointError, MissingDependencyError, first_line
+from ..errors import CheckpointError
+from ..models.face_model import read_spandrel_model
 
 Tensor = torch.Tensor
 
@@ -51,15 +52,8 @@ def load_upscaler(path: Union[str, Path], device, half: bool = False, tile: int 
     RGB image upscaler.
     """
     path = Path(path)
-    try:
-        import spandrel
-    except ImportError:
-        raise MissingDependencyError("spandrel", "upscalers are loaded with spandrel: pip install spandrel "
-                                     "(or the pack's [upscale] extra)") from None
-    try:
-        desc = spandrel.ModelLoader(device=device).load_from_file(str(path))
-    except Exception as e:
-        raise CheckpointError(f"{path.name}: not an upscaler spandrel can load ({first_line(e)})") from None
+    desc = read_spandrel_model(path, device)
+    import spandrel  # present: read_spandrel_model raised MissingDependencyError otherwise
     if not isinstance(desc, spandrel.ImageModelDescriptor) or desc.input_channels != 3 \
             or desc.output_channels != 3:
         raise CheckpointError(f"{path.name}: not an RGB image upscaler ({desc.architecture.name})")
