@@ -7,7 +7,7 @@ each face back to its frame; frames without faces simply have no rows.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -60,6 +60,37 @@ class FaceBatch:
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == len(self):
                 kw[f.name] = v[index]
         return replace(self, **kw)
+
+    def frame_range(self, start: int, stop: int) -> "FaceBatch":
+        """The faces of frames [start, stop) as their own batch, frame indices counted from ``start``
+        (a chunk of a video); ``FaceBatch.join`` puts such parts back together."""
+        if not 0 <= start <= stop <= self.num_frames:
+            raise ValueError(f"frame range [{start}, {stop}) is outside the {self.num_frames} frames of this batch")
+        if start == 0 and stop == self.num_frames:
+            return self
+        part = self.select((self.frame_index >= start) & (self.frame_index < stop))
+        return replace(part, frame_index=part.frame_index - start, num_frames=stop - start)
+
+    @staticmethod
+    def join(parts: Sequence["FaceBatch"], meta: Optional[dict] = None) -> "FaceBatch":
+        """Batches of consecutive frame ranges (in order) as one batch over all their frames: the
+        inverse of ``frame_range``. ``meta`` replaces the first part's meta when given."""
+        if not parts:
+            raise ValueError("nothing to join: give at least one FaceBatch")
+        first = parts[0]
+        if any(tuple(p.frame_size) != tuple(first.frame_size) for p in parts):
+            raise ValueError(f"cannot join face batches of different frame sizes: {[p.frame_size for p in parts]}")
+        offsets, total = [], 0
+        for p in parts:
+            offsets.append(total)
+            total += p.num_frames
+
+        def cat(name):   # per-face tensors; an optional one (gray) absent in any part stays absent
+            values = [getattr(p, name) for p in parts]
+            return None if any(v is None for v in values) else torch.cat(values)
+        per_face = {f.name: cat(f.name) for f in fields(first) if f.name not in ("frame_size", "num_frames", "meta")}
+        per_face["frame_index"] = torch.cat([p.frame_index + o for p, o in zip(parts, offsets)])
+        return replace(first, **per_face, num_frames=total, meta=dict(first.meta if meta is None else meta))
 
     def counts_per_frame(self) -> torch.Tensor:
         """[num_frames] int64 number of faces in each frame."""
