@@ -1,26 +1,25 @@
-"""ComfyUI entry point of the CodeFormer pack: registers the node classes and model folders.
+"""ComfyUI entry point of the CodeFormer pack (V3 nodes, see nodes/).
 
-Fast and safe to import anywhere: no torch work, no file scans (only folder registration when
-ComfyUI's ``folder_paths`` is importable), and outside ComfyUI (e.g. pytest collecting the
-repository) it simply exposes the mappings.
+ComfyUI (>= 0.3.64) loads this folder as a package and calls ``comfy_entrypoint()``. There is
+deliberately no NODE_CLASS_MAPPINGS here: ComfyUI would then take its legacy path and never call
+the entry point. Importing this file imports nothing else, so it is safe outside ComfyUI too (a
+test collector that walks up to this package, a packaging tool); the nodes, torch and ComfyUI's
+modules are imported when ComfyUI calls the entry point.
 """
 from __future__ import annotations
 
 import logging
-import sys
 
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
 
-try:
-    from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS  # noqa: F811
-    from .nodes.comfy_bridge import register_folders
-
-    register_folders()
-except ImportError as exc:
-    if __package__ and __package__ in sys.modules:  # loaded as a package: a real error, show it
+async def comfy_entrypoint():
+    """The pack's ``ComfyExtension``, with its model folders registered."""
+    try:
+        from .nodes import comfy_entrypoint as nodes_entrypoint
+    except Exception:
+        # ComfyUI logs only the message of an entry-point error; keep the traceback in its log.
+        logging.getLogger(__name__).exception("CodeFormer nodes could not be imported")
         raise
-    # Loaded as a stand-alone file (no importable parent package, e.g. a test collector).
-    logging.getLogger(__name__).debug("CodeFormer pack not loaded as a package: %s", exc)
+    return await nodes_entrypoint()
 
-__all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS"]
+
+__all__ = ["comfy_entrypoint"]

@@ -1,48 +1,55 @@
 """One node for the common case: detect, restore and paste back every face of an image batch."""
 from __future__ import annotations
 
+from comfy_api.latest import io
+
+from ..codeformer_core import pipeline
 from . import comfy_bridge as bridge
-from ._common import CATEGORY, DETECTOR_TYPE, MODEL_TYPE, NETWORK_BATCH, W_TOOLTIP, core
-from .restore import FORWARD_BYTES
+from .common import (CATEGORY, FORWARD_BYTES, NETWORK_BATCH, CodeFormerModel, FaceDetector, check_choice,
+                     threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
 
 
-class CodeFormerRestoreFacesAllInOne:
-    DESCRIPTION = ("Finds, restores and pastes back every face of an image batch in one step. With a "
-                   "colorization or inpainting model it colorizes / inpaints instead (by the model's "
-                   "variant). For more control use the modular nodes (Detect -> Restore -> Paste).")
-    CATEGORY = CATEGORY
-    FUNCTION = "restore"
-    RETURN_TYPES = ("IMAGE", "MASK", "INT")
-    RETURN_NAMES = ("image", "mask", "face_count")
-    OUTPUT_TOOLTIPS = ("The images with restored faces (frames without a face are unchanged).",
-                       "Share of each pixel that comes from restored faces (0..1).",
-                       "Total number of faces restored.")
+class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CodeFormerRestoreFacesAllInOne",
+            display_name="Restore Faces (CodeFormer, all-in-one)",
+            category=CATEGORY,
+            description=("Finds, restores and pastes back every face of an image batch in one step. With a "
+                         "colorization or inpainting model it colorizes / inpaints instead (by the model's "
+                         "variant). For more control use the modular nodes (Detect -> Restore -> Paste)."),
+            inputs=[
+                io.Image.Input("image", tooltip="Image batch or video frames."),
+                CodeFormerModel.Input("model", tooltip="From 'Load CodeFormer Model'."),
+                FaceDetector.Input("face_detector", tooltip="From 'Load Face Detector (CodeFormer)'; its parsing "
+                                                            "model (if any) shapes the paste-back mask."),
+                w_input(),
+                visibility_input(),
+                io.Combo.Input("selection", options=list(ALL_IN_ONE_SELECTIONS), default="all",
+                               tooltip="Restore all faces, only the largest, or only the one nearest the centre "
+                                       "of each frame."),
+                threshold_input("Detection confidence needed to count as a face."),
+            ],
+            outputs=[
+                io.Image.Output(display_name="image", tooltip="The images with restored faces (frames without a "
+                                                              "face are unchanged)."),
+                io.Mask.Output(display_name="mask", tooltip="Share of each pixel that comes from restored faces "
+                                                            "(0..1)."),
+                io.Int.Output(display_name="face_count", tooltip="Total number of faces restored."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Image batch or video frames."}),
-            "model": (MODEL_TYPE, {"tooltip": "From 'Load CodeFormer Model'."}),
-            "face_detector": (DETECTOR_TYPE, {"tooltip": "From 'Load Face Detector (CodeFormer)'; its parsing "
-                                                         "model (if any) shapes the paste-back mask."}),
-            "w": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": W_TOOLTIP}),
-            "visibility": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                     "tooltip": "Opacity of the restored faces: 1 = fully replaced, 0 = "
-                                                "original image."}),
-            "selection": (list(ALL_IN_ONE_SELECTIONS), {"default": "all",
-                                                        "tooltip": "Restore all faces, only the largest, or "
-                                                                   "only the one nearest the centre of "
-                                                                   "each frame."}),
-            "threshold": ("FLOAT", {"default": 0.8, "min": 0.05, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Detection confidence needed to count as a face."}),
-        }}
+    def validate_inputs(cls, selection):
+        return validation_result(check_choice("selection", selection, ALL_IN_ONE_SELECTIONS))
 
-    def restore(self, image, model, face_detector, w=0.5, visibility=1.0, selection="all", threshold=0.8):
-        pipeline = core("pipeline")
-        task = {v: t for t, v in pipeline.TASK_VARIANT.items()}.get(getattr(model, "variant", None), "restore")
-        pipeline.check_variant(model, task)
+    @classmethod
+    def execute(cls, image, model, face_detector, w=0.5, visibility=1.0, selection="all",
+                threshold=0.8) -> io.NodeOutput:
+        task = pipeline.model_task(model)   # the model's own task: restore, colorize or inpaint
         frames = int(image.shape[0]) if image.dim() == 4 else 1
         bar = bridge.progress_bar(frames)
         modules = [model, face_detector.detector.net, face_detector.parser]
@@ -51,4 +58,4 @@ class CodeFormerRestoreFacesAllInOne:
                 image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
                 parser=face_detector.parser, batch_size=NETWORK_BATCH, progress=bar,
                 check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection)
-        return (result.images, result.mask, result.total_faces)
+        return io.NodeOutput(result.images, result.mask, result.total_faces)

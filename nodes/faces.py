@@ -1,126 +1,144 @@
 """Detect faces, and move face crops in and out of FACES so any IMAGE node can edit them."""
 from __future__ import annotations
 
+import torch
+from comfy_api.latest import io
+
+from ..codeformer_core import pipeline
+from ..codeformer_core.chunks import run_in_chunks
+from ..codeformer_core.errors import InputError
+from ..codeformer_core.faces.batch import FaceBatch
+from ..codeformer_core.faces.detect import SELECTIONS, SORT_KEYS
+from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
-from ._common import (CATEGORY, DETECTOR_TYPE, FACES_TYPE, SELECTIONS, SORT_KEYS, concat_faces, core,
-                      crops_image, frame_chunks)
-
-CROP_BYTES = 3 * 512 * 512 * 4
+from .common import (CATEGORY, FRAME_WORK_BYTES, FaceDetector, Faces, check_choice, crops_image,
+                     frames_per_chunk, threshold_input, validation_result)
 
 
-class CodeFormerDetectFaces:
-    DESCRIPTION = ("Finds faces in an image batch (or video frames), aligns each to a 512x512 crop and "
-                   "returns them as FACES for the restore / colorize / inpaint and paste-back nodes. "
-                   "Frames without a face pass through; the count output says how many were found.")
-    CATEGORY = CATEGORY
-    FUNCTION = "detect"
-    RETURN_TYPES = (FACES_TYPE, "IMAGE", "MASK", "INT")
-    RETURN_NAMES = ("faces", "crops", "mask", "face_count")
-    OUTPUT_TOOLTIPS = ("The detected faces: aligned crops plus what is needed to paste them back.",
-                       "The aligned 512x512 face crops as an image batch (one image per face).",
-                       "Per input frame, where the faces are (1 = face region).",
-                       "Total number of faces found in the batch.")
+class CodeFormerDetectFaces(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CodeFormerDetectFaces",
+            display_name="Detect Faces (CodeFormer)",
+            category=CATEGORY,
+            description=("Finds faces in an image batch (or video frames), aligns each to a 512x512 crop and "
+                         "returns them as FACES for the restore / colorize / inpaint and paste-back nodes. "
+                         "Frames without a face pass through; the count output says how many were found."),
+            inputs=[
+                io.Image.Input("image", tooltip="Image batch or video frames to search for faces."),
+                FaceDetector.Input("face_detector", tooltip="From 'Load Face Detector (CodeFormer)'."),
+                threshold_input("Detection confidence needed to count as a face. Lower finds more (and more "
+                                "false) faces."),
+                io.Combo.Input("selection", options=list(SELECTIONS), default="all",
+                               tooltip="Which faces per frame: all, the largest, the one nearest the centre, or "
+                                       "the one at 'index' in 'sort_by' order."),
+                io.Combo.Input("sort_by", options=list(SORT_KEYS), default="area",
+                               tooltip="Order of faces within a frame (also used by 'index' and 'max_faces'): "
+                                       "largest area first, left to right, or highest confidence first."),
+                io.Int.Input("index", default=0, min=-64, max=64,
+                             tooltip="With selection 'index': which face in sort order (0 = first, -1 = last). "
+                                     "Frames with fewer faces get none."),
+                io.Int.Input("max_faces", default=0, min=0, max=256,
+                             tooltip="With selection 'all': at most this many faces per frame (0 = no limit)."),
+                io.Int.Input("resolution", default=640, min=0, max=4096, step=32,
+                             tooltip="Short side the frames are resized to for detection. 0 = original size. "
+                                     "Larger finds small faces, slower."),
+                io.Float.Input("smoothing", default=0.0, min=0.0, max=0.95, step=0.05,
+                               tooltip="Temporal smoothing of face landmarks across consecutive frames (video) "
+                                       "to reduce flicker. 0 = off."),
+            ],
+            outputs=[
+                Faces.Output(display_name="faces", tooltip="The detected faces: aligned crops plus what is "
+                                                           "needed to paste them back."),
+                io.Image.Output(display_name="crops", tooltip="The aligned 512x512 face crops as an image batch "
+                                                              "(one image per face)."),
+                io.Mask.Output(display_name="mask", tooltip="Per input frame, where the faces are (1 = face "
+                                                            "region)."),
+                io.Int.Output(display_name="face_count", tooltip="Total number of faces found in the batch."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "image": ("IMAGE", {"tooltip": "Image batch or video frames to search for faces."}),
-            "face_detector": (DETECTOR_TYPE, {"tooltip": "From 'Load Face Detector (CodeFormer)'."}),
-            "threshold": ("FLOAT", {"default": 0.8, "min": 0.05, "max": 1.0, "step": 0.01,
-                                    "tooltip": "Detection confidence needed to count as a face. Lower "
-                                               "finds more (and more false) faces."}),
-            "selection": (list(SELECTIONS), {"default": "all",
-                                             "tooltip": "Which faces per frame: all, the largest, the one "
-                                                        "nearest the centre, or the one at 'index' in "
-                                                        "'sort_by' order."}),
-            "sort_by": (list(SORT_KEYS), {"default": "area",
-                                          "tooltip": "Order of faces within a frame (also used by 'index' "
-                                                     "and 'max_faces'): largest area first, left to right, "
-                                                     "or highest confidence first."}),
-            "index": ("INT", {"default": 0, "min": -64, "max": 64,
-                              "tooltip": "With selection 'index': which face in sort order (0 = first, "
-                                         "-1 = last). Frames with fewer faces get none."}),
-            "max_faces": ("INT", {"default": 0, "min": 0, "max": 256,
-                                  "tooltip": "With selection 'all': at most this many faces per frame "
-                                             "(0 = no limit)."}),
-            "resolution": ("INT", {"default": 640, "min": 0, "max": 4096, "step": 32,
-                                   "tooltip": "Short side the frames are resized to for detection. 0 = "
-                                              "original size. Larger finds small faces, slower."}),
-            "smoothing": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.95, "step": 0.05,
-                                    "tooltip": "Temporal smoothing of face landmarks across consecutive "
-                                               "frames (video) to reduce flicker. 0 = off."}),
-        }}
+    def validate_inputs(cls, selection, sort_by):
+        return validation_result(check_choice("selection", selection, SELECTIONS),
+                                 check_choice("sort_by", sort_by, SORT_KEYS))
 
-    def detect(self, image, face_detector, threshold=0.8, selection="all", sort_by="area", index=0,
-               max_faces=0, resolution=640, smoothing=0.0):
-        pipeline, paste = core("pipeline"), core("faces.paste")
+    @classmethod
+    def execute(cls, image, face_detector, threshold=0.8, selection="all", sort_by="area", index=0,
+                max_faces=0, resolution=640, smoothing=0.0) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         b, _, h, w = frames.shape
         smoother = pipeline.LandmarkSmoother(float(smoothing)) if smoothing > 0 else None
-        kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by, index=int(index),
-                      max_faces=int(max_faces), resolution=int(resolution) or None)
-        parts, masks, offsets = [], [], []
+        detect_kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by,
+                             index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None)
         bar = bridge.progress_bar(b)
-        with bridge.on_compute_device([face_detector.detector.net], 16 * frames[0].numel() * 4 * 8) as device:
-            for start, stop in frame_chunks(frames, device):
-                bridge.check_interrupt()
+        with bridge.on_compute_device([face_detector.detector.net],
+                                      FRAME_WORK_BYTES * frames[0].numel()) as device:
+            def detect_chunk(start: int, stop: int):
                 chunk = frames[start:stop].to(device)
-                faces = pipeline.detect_faces(chunk, face_detector.detector, smoother=smoother, **kwargs)
-                _, mask = paste.paste_faces(chunk, faces)
-                parts.append(faces.to("cpu"))
-                masks.append(mask[:, 0].float().cpu())
-                offsets.append(start)
+                faces = pipeline.detect_faces(chunk, face_detector.detector, smoother=smoother, **detect_kwargs)
+                _, mask = paste_faces(chunk, faces)
                 bar(stop, b)
-        import torch
-        if not parts:
-            faces, mask = core("faces.batch").FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
+                return faces.to("cpu"), mask[:, 0].float().cpu()
+            parts = run_in_chunks(b, frames_per_chunk(frames, device), detect_chunk, device=device,
+                                  check_interrupt=bridge.check_interrupt)
+        if not parts:   # an empty image batch
+            faces, mask = FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
         else:
-            faces = concat_faces(parts, offsets, b, (h, w), meta={"parser": face_detector.parser})
-            mask = torch.cat(masks)
-        return (faces, crops_image(faces), mask, len(faces))
+            faces = FaceBatch.join([f for f, _ in parts], meta={"parser": face_detector.parser})
+            mask = torch.cat([m for _, m in parts])
+        return io.NodeOutput(faces, crops_image(faces), mask, len(faces))
 
 
-class CodeFormerCropsToImage:
-    DESCRIPTION = ("Takes the face crops out of FACES as an IMAGE batch (one image per face), so any "
-                   "image node (upscaler, detailer, diffusion pass, ...) can work on them; put them back "
-                   "with 'Image to Face Crops (CodeFormer)'.")
-    CATEGORY = CATEGORY
-    FUNCTION = "run"
-    RETURN_TYPES = ("IMAGE", "INT")
-    RETURN_NAMES = ("crops", "face_count")
-    OUTPUT_TOOLTIPS = ("The face crops, one image per face, in FACES order.",
-                       "Number of faces (images in the batch).")
+class CodeFormerCropsToImage(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CodeFormerCropsToImage",
+            display_name="Face Crops to Image (CodeFormer)",
+            category=CATEGORY,
+            description=("Takes the face crops out of FACES as an IMAGE batch (one image per face), so any "
+                         "image node (upscaler, detailer, diffusion pass, ...) can work on them; put them back "
+                         "with 'Image to Face Crops (CodeFormer)'."),
+            inputs=[Faces.Input("faces", tooltip="Faces from a detect / restore node.")],
+            outputs=[
+                io.Image.Output(display_name="crops", tooltip="The face crops, one image per face, in FACES order."),
+                io.Int.Output(display_name="face_count", tooltip="Number of faces (images in the batch)."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {"faces": (FACES_TYPE, {"tooltip": "Faces from a detect / restore node."})}}
-
-    def run(self, faces):
-        return (crops_image(faces), len(faces))
+    def execute(cls, faces) -> io.NodeOutput:
+        return io.NodeOutput(crops_image(faces), len(faces))
 
 
-class CodeFormerImageToCrops:
-    DESCRIPTION = ("Replaces the crops of FACES with an edited IMAGE batch (same number of images, in the "
-                   "same order, square; any size: it is mapped onto the original crop when pasting).")
-    CATEGORY = CATEGORY
-    FUNCTION = "run"
-    RETURN_TYPES = (FACES_TYPE,)
-    RETURN_NAMES = ("faces",)
-    OUTPUT_TOOLTIPS = ("The same faces with the new crop pixels, ready for paste-back or restoration.",)
+class CodeFormerImageToCrops(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CodeFormerImageToCrops",
+            display_name="Image to Face Crops (CodeFormer)",
+            category=CATEGORY,
+            description=("Replaces the crops of FACES with an edited IMAGE batch (same number of images, in the "
+                         "same order, square; any size: it is mapped onto the original crop when pasting)."),
+            inputs=[
+                Faces.Input("faces", tooltip="The faces whose crops are replaced."),
+                io.Image.Input("crops", tooltip="Edited crops: one square image per face, in FACES order."),
+            ],
+            outputs=[
+                Faces.Output(display_name="faces", tooltip="The same faces with the new crop pixels, ready for "
+                                                           "paste-back or restoration."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "faces": (FACES_TYPE, {"tooltip": "The faces whose crops are replaced."}),
-            "crops": ("IMAGE", {"tooltip": "Edited crops: one square image per face, in FACES order."}),
-        }}
-
-    def run(self, faces, crops):
+    def execute(cls, faces, crops) -> io.NodeOutput:
         n = int(crops.shape[0])
         if n != len(faces):
-            raise ValueError(f"got {n} images for {len(faces)} faces; the crops image batch must have one "
+            raise InputError(f"got {n} images for {len(faces)} faces; the crops image batch must have one "
                              f"image per face, in the order 'Face Crops to Image' gave them")
         if n and crops.shape[1] != crops.shape[2]:
-            raise ValueError(f"face crops must be square, got {crops.shape[2]}x{crops.shape[1]}; resize them "
+            raise InputError(f"face crops must be square, got {crops.shape[2]}x{crops.shape[1]}; resize them "
                              f"back to a square (for example 512x512) first")
-        return (faces.with_crops(core("pipeline").to_frames(crops), edited=True),)
+        return io.NodeOutput(faces.with_crops(pipeline.to_frames(crops), edited=True))

@@ -5,14 +5,23 @@ too and downloaded on first use (verified, atomic) into the folder ComfyUI reads
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence
 
+from comfy_api.latest import io
+
+from ..codeformer_core.errors import MissingWeightError
+from ..codeformer_core.faces.detect import load_detector
+from ..codeformer_core.models.loader import DTYPE_CHOICES, load_model
+from ..codeformer_core.models.parsenet import load_parsenet
+from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
-from ._common import CATEGORY, DETECTOR_TYPE, DTYPES, MODEL_TYPE, core
+from .common import CATEGORY, CodeFormerModel, FaceDetector, check_choice, validation_result
 
 NO_PARSER = "none"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -24,114 +33,161 @@ class FaceDetectorBundle:
     name: str = ""
 
 
-def _registry(kind: str):
-    """Registry entries of one kind, in registry order (reading JSON only, no torch)."""
-    weights = core("weights.registry")
-    return [e for e in weights.known_weights().values() if e.kind == kind]
+def is_parser_file(name: str) -> bool:
+    return os.path.basename(name).lower().startswith("parsing")
 
 
-def _options(folders, kinds, keep=lambda name: True) -> List[str]:
-    """Files on disk plus the official files of ``kinds`` that are not (downloaded on use)."""
-    known = [e.file for k in kinds for e in _registry(k)]
-    on_disk = [f for f in bridge.list_files(folders) if keep(f)]
+def weight_options(folders: Sequence[str], kind: str, keep: Callable[[str], bool] = lambda name: True) -> List[str]:
+    """Official files of ``kind`` that are not on disk (downloaded on use), then the files on disk.
+
+    Never raises: a broken registry or folder only shortens the list (with a log line), so that
+    ComfyUI's node list keeps working."""
+    try:
+        on_disk = [f for f in bridge.list_files(folders) if keep(f)]
+    except OSError as exc:
+        log.warning("CodeFormer: cannot list %s: %s", bridge.folders_text(folders), exc)
+        on_disk = []
+    try:
+        known = [e.file for e in registry.known_weights().values() if e.kind == kind]
+    except Exception as exc:  # noqa: BLE001 - a broken registry must not break the node list
+        log.warning("CodeFormer: weight registry unreadable, offering only files on disk: %s", exc)
+        known = []
     lower = {f.lower() for f in on_disk}
-    return [f for f in known if f.lower() not in lower] + on_disk if known else on_disk
+    return [f for f in known if f.lower() not in lower] + on_disk
 
 
-def _combo(options: List[str], default: str, tooltip: str):
-    opts = {"tooltip": tooltip}
-    if default in options:
-        opts["default"] = default
-    return (options, opts)
+def weight_combo(name: str, options: List[str], default: str, tooltip: str) -> io.Combo.Input:
+    return io.Combo.Input(name, options=options, default=default if default in options else None, tooltip=tooltip)
 
 
-def resolve_weight(folders, filename: str) -> str:
+def resolve_weight(folders: Sequence[str], filename: str) -> str:
     """Path of ``filename``: found in ComfyUI's folders, else downloaded if it is an official file."""
     path = bridge.find_file(folders, filename)
     if path:
         return path
-    weights = core("weights.registry")
-    entry = weights.find_entry(filename)
+    entry = registry.find_entry(filename)
     if entry is None or os.path.basename(filename) != filename:
-        raise FileNotFoundError(
-            f"{filename} is not in ComfyUI's {' / '.join('models/' + f for f in folders)} folders "
-            f"and is not an official file that can be downloaded; put it there and refresh")
+        raise MissingWeightError(
+            f"{filename} is not in ComfyUI's {bridge.folders_text(folders)} folder and is not an official "
+            f"file that can be downloaded; put it there and refresh the node list (press R)")
     target = bridge.download_dir(entry.folder)
     # ensure_weight writes <models_dir>/<entry.folder>/<file>; point it at ComfyUI's folder.
-    if os.path.basename(os.path.normpath(target)) == entry.folder:
-        models_dir = os.path.dirname(os.path.normpath(target))
-    else:
-        raise FileNotFoundError(f"{entry.file} is missing; download {entry.url} and place it in {target}")
+    if os.path.basename(os.path.normpath(target)) != entry.folder:
+        raise MissingWeightError(f"{entry.file} is missing; download {entry.url} and place it in {target}")
+    models_dir = os.path.dirname(os.path.normpath(target))
     total = entry.size or 1
     bar = bridge.progress_bar(total)
 
     def progress(done: int, size: Optional[int]) -> None:
         bar(done, size or max(done, total))
-    return os.fspath(weights.ensure_weight(entry, models_dir=models_dir, progress=progress))
+    return os.fspath(registry.ensure_weight(entry, models_dir=models_dir, progress=progress))
 
 
-class CodeFormerModelLoader:
-    DESCRIPTION = ("Loads CodeFormer weights (restoration, colorization or inpainting; the variant is "
-                   "detected from the file and shown on the 'variant' output). Official files not on "
-                   "disk are downloaded on first use into models/facerestore_models, with a checksum "
-                   "check where one is published.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (MODEL_TYPE, "STRING")
-    RETURN_NAMES = ("model", "variant")
-    OUTPUT_TOOLTIPS = ("The CodeFormer model, kept on ComfyUI's offload device between runs.",
-                       "The detected variant: restoration, colorization or inpainting.")
+def missing_choice(name: str, value: str, folders: Sequence[str], options: Sequence[str]) -> Optional[str]:
+    if value is None or value in options:
+        return None
+    return (f"{name} '{value}' is not in {bridge.folders_text(folders)} and is not an official file that can be "
+            f"downloaded; put the file there and refresh the node list (press R), or pick another")
+
+
+class CodeFormerModelLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="CodeFormerModelLoader",
+            display_name="Load CodeFormer Model",
+            category=CATEGORY,
+            description=("Loads CodeFormer weights (restoration, colorization or inpainting; the variant is "
+                         "detected from the file and shown on the 'variant' output). Official files not on "
+                         "disk are downloaded on first use into models/facerestore_models, with a checksum "
+                         "check where one is published."),
+            inputs=[
+                weight_combo("model_name", weight_options(bridge.CODEFORMER_FOLDERS, "codeformer"), "codeformer.pth",
+                             "Weight file from models/facerestore_models or models/codeformer. "
+                             "Official files that are missing are downloaded when the node first runs."),
+                io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
+                               tooltip="Precision. auto = fp16 where ComfyUI says the device supports it, "
+                                       "else fp32. fp32 is the reference."),
+            ],
+            outputs=[
+                CodeFormerModel.Output(display_name="model", tooltip="The CodeFormer model, kept on ComfyUI's "
+                                                                     "offload device between runs."),
+                io.String.Output(display_name="variant",
+                                 tooltip="The detected variant: restoration, colorization or inpainting."),
+            ],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        options = _options(bridge.CODEFORMER_FOLDERS, ("codeformer",))
-        return {"required": {
-            "model_name": _combo(options, "codeformer.pth",
-                                 "Weight file from models/facerestore_models or models/codeformer. "
-                                 "Official files that are missing are downloaded when the node first runs."),
-            "dtype": (list(DTYPES), {"default": "auto",
-                                     "tooltip": "Precision. auto = fp16 where ComfyUI says the device "
-                                                "supports it, else fp32. fp32 is the reference."}),
-        }}
+    def validate_inputs(cls, model_name, dtype):
+        options = weight_options(bridge.CODEFORMER_FOLDERS, "codeformer")
+        return validation_result(missing_choice("model_name", model_name, bridge.CODEFORMER_FOLDERS, options),
+                                 check_choice("dtype", dtype, DTYPE_CHOICES))
 
-    def load(self, model_name: str, dtype: str = "auto"):
+    @classmethod
+    def fingerprint_inputs(cls, model_name, dtype):
+        return bridge.file_fingerprint(bridge.CODEFORMER_FOLDERS, model_name), dtype
+
+    @classmethod
+    def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = resolve_weight(bridge.CODEFORMER_FOLDERS, model_name)
         if dtype == "auto":
             dtype = "fp16" if bridge.auto_half(80_000_000) else "fp32"
-        model = core().load_model(path, device=bridge.offload_device(), dtype=dtype)
-        return (model, model.variant)
+        model = load_model(path, device=bridge.offload_device(), dtype=dtype)
+        return io.NodeOutput(model, model.variant)
 
 
-class CodeFormerFaceDetectorLoader:
-    DESCRIPTION = ("Loads the RetinaFace face detector (ResNet-50: accurate; MobileNet-0.25: fast) and "
-                   "optionally the ParseNet face-parsing model used for a precise paste-back mask. "
-                   "Official files not on disk are downloaded on first use into models/facedetection.")
-    CATEGORY = CATEGORY
-    FUNCTION = "load"
-    RETURN_TYPES = (DETECTOR_TYPE,)
-    RETURN_NAMES = ("face_detector",)
-    OUTPUT_TOOLTIPS = ("Face detector (and parsing model, if chosen) for the detect / restore nodes.",)
+class CodeFormerFaceDetectorLoader(io.ComfyNode):
+    @classmethod
+    def file_options(cls):
+        """(detector files, parser files) offered by the two combos."""
+        folders = bridge.DETECTOR_FOLDERS
+        detectors = weight_options(folders, "retinaface", keep=lambda f: not is_parser_file(f))
+        parsers = [NO_PARSER] + weight_options(folders, "parsenet", keep=is_parser_file)
+        return detectors, parsers
 
     @classmethod
-    def INPUT_TYPES(cls):
-        folders = ("facedetection",)
-        is_parser = lambda f: os.path.basename(f).lower().startswith("parsing")  # noqa: E731
-        detectors = _options(folders, ("retinaface",), keep=lambda f: not is_parser(f))
-        parsers = [NO_PARSER] + _options(folders, ("parsenet",), keep=is_parser)
-        return {"required": {
-            "detector_model": _combo(detectors, "detection_Resnet50_Final.pth",
-                                     "RetinaFace weights from models/facedetection (ResNet-50 or "
-                                     "MobileNet-0.25; the backbone is detected from the file)."),
-            "parsing_model": _combo(parsers, "parsing_parsenet.pth",
-                                    "Face-parsing model for the paste-back mask (skin, eyes, mouth...); "
-                                    "'none' pastes with a feathered square mask instead."),
-        }}
+    def define_schema(cls) -> io.Schema:
+        detectors, parsers = cls.file_options()
+        return io.Schema(
+            node_id="CodeFormerFaceDetectorLoader",
+            display_name="Load Face Detector (CodeFormer)",
+            category=CATEGORY,
+            description=("Loads the RetinaFace face detector (ResNet-50: accurate; MobileNet-0.25: fast) and "
+                         "optionally the ParseNet face-parsing model used for a precise paste-back mask. "
+                         "Official files not on disk are downloaded on first use into models/facedetection."),
+            inputs=[
+                weight_combo("detector_model", detectors, "detection_Resnet50_Final.pth",
+                             "RetinaFace weights from models/facedetection (ResNet-50 or MobileNet-0.25; "
+                             "the backbone is detected from the file)."),
+                weight_combo("parsing_model", parsers, "parsing_parsenet.pth",
+                             "Face-parsing model for the paste-back mask (skin, eyes, mouth...); 'none' "
+                             "pastes with a feathered square mask instead."),
+            ],
+            outputs=[
+                FaceDetector.Output(display_name="face_detector",
+                                    tooltip="Face detector (and parsing model, if chosen) for the detect / "
+                                            "restore nodes."),
+            ],
+        )
 
-    def load(self, detector_model: str, parsing_model: str = NO_PARSER):
-        folders = ("facedetection",)
+    @classmethod
+    def validate_inputs(cls, detector_model, parsing_model):
+        detectors, parsers = cls.file_options()
+        folders = bridge.DETECTOR_FOLDERS
+        return validation_result(missing_choice("detector_model", detector_model, folders, detectors),
+                                 missing_choice("parsing_model", parsing_model, folders, parsers))
+
+    @classmethod
+    def fingerprint_inputs(cls, detector_model, parsing_model):
+        folders = bridge.DETECTOR_FOLDERS
+        return bridge.file_fingerprint(folders, detector_model), bridge.file_fingerprint(folders, parsing_model)
+
+    @classmethod
+    def execute(cls, detector_model: str, parsing_model: str = NO_PARSER) -> io.NodeOutput:
+        folders = bridge.DETECTOR_FOLDERS
         off = bridge.offload_device()
-        detector = core("faces.detect").load_detector(resolve_weight(folders, detector_model), device=off)
+        detector = load_detector(resolve_weight(folders, detector_model), device=off)
         parser = None
         if parsing_model and parsing_model != NO_PARSER:
-            parser = core("models.parsenet").load_parsenet(resolve_weight(folders, parsing_model), device=off)
-        return (FaceDetectorBundle(detector, parser, detector_model),)
+            parser = load_parsenet(resolve_weight(folders, parsing_model), device=off)
+        return io.NodeOutput(FaceDetectorBundle(detector, parser, detector_model))

@@ -2,99 +2,126 @@
 with a progress bar counting faces and a cancel check between batches."""
 from __future__ import annotations
 
+from typing import Callable
+
+from comfy_api.latest import io
+
+from ..codeformer_core import pipeline
+from ..codeformer_core.errors import InputError, WrongVariantError
+from ..codeformer_core.faces.batch import FaceBatch
+from ..codeformer_core.tasks import BY_VARIANT, TASKS
+from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
-from ._common import CATEGORY, FACES_TYPE, MODEL_TYPE, NETWORK_BATCH, W_TOOLTIP, core, crops_image
+from .common import CATEGORY, FORWARD_BYTES, NETWORK_BATCH, CodeFormerModel, Faces, crops_image, w_input
 
-RETURNS = (FACES_TYPE, "IMAGE")
-NAMES = ("faces", "crops")
-# Rough activation memory of one 512x512 CodeFormer forward, for free_memory before a batch.
-FORWARD_BYTES = 600 * 2 ** 20
-
-
-def _run(model, faces, task: str, step):
-    """Checks the variant first (clear error, nothing moved), then runs ``step`` on the device."""
-    pipeline = core("pipeline")
-    pipeline.check_variant(model, task)
-    if len(faces) == 0:
-        return (faces, crops_image(faces))
-    bar = bridge.progress_bar(len(faces))
-    with bridge.on_compute_device([model], FORWARD_BYTES * min(len(faces), NETWORK_BATCH)):
-        out = step(pipeline, dict(batch_size=NETWORK_BATCH, progress=bar, check_interrupt=bridge.check_interrupt))
-    out = out.to("cpu")
-    return (out, crops_image(out))
+FACES_INPUT_TIP = "Faces from 'Detect Faces (CodeFormer)' (or another face node)."
+FACES_OUTPUT_TIP = "The faces with the new crops, for 'Paste Faces Back (CodeFormer)'."
+CROPS_OUTPUT_TIP = "The new crops as an image batch (one image per face), e.g. for a preview."
 
 
-def _model_input(tip: str):
-    return (MODEL_TYPE, {"tooltip": tip})
+class FaceStepNode(io.ComfyNode):
+    """Base of the three CodeFormer steps on FACES: model + faces (+ extra inputs) in, faces + crops out.
+    Each step names its task, node id, texts and extra inputs, and runs its core function in ``execute``."""
 
-
-_FACES_IN = (FACES_TYPE, {"tooltip": "Faces from 'Detect Faces (CodeFormer)' (or another face node)."})
-_OUT_TIPS = ("The faces with the new crops, for 'Paste Faces Back (CodeFormer)'.",
-             "The new crops as an image batch (one image per face), e.g. for a preview.")
-
-
-class CodeFormerRestoreFaces:
-    DESCRIPTION = ("Restores the face crops with CodeFormer (restoration model). w trades quality for "
-                   "fidelity: 0 = strongest restoration, 1 = closest to the input.")
-    CATEGORY = CATEGORY
-    FUNCTION = "restore"
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = NAMES
-    OUTPUT_TOOLTIPS = _OUT_TIPS
+    TASK = NODE_ID = DISPLAY_NAME = ABOUT = MODEL_TIP = ""
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _model_input("CodeFormer restoration model (codeformer.pth) from 'Load CodeFormer Model'."),
-            "faces": _FACES_IN,
-            "w": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": W_TOOLTIP}),
-        }}
-
-    def restore(self, model, faces, w=0.5):
-        return _run(model, faces, "restore", lambda p, kw: p.restore_faces(model, faces, w=float(w), **kw))
-
-
-class CodeFormerColorizeFaces:
-    DESCRIPTION = ("Colorizes gray or faded face crops with the CodeFormer colorization model; the "
-                   "pasted faces stay in colour even on a black-and-white photo.")
-    CATEGORY = CATEGORY
-    FUNCTION = "colorize"
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = NAMES
-    OUTPUT_TOOLTIPS = _OUT_TIPS
+    def extra_inputs(cls) -> list:
+        return []
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _model_input("CodeFormer colorization model (codeformer_colorization.pth)."),
-            "faces": _FACES_IN,
-        }}
-
-    def colorize(self, model, faces):
-        return _run(model, faces, "colorize", lambda p, kw: p.colorize_faces(model, faces, **kw))
-
-
-class CodeFormerInpaintFaces:
-    DESCRIPTION = ("Fills holes in the face crops with the CodeFormer inpainting model. The hole is the "
-                   "mask (in image space, e.g. from the mask editor of Load Image), warped into each crop; "
-                   "without a mask, pure-white crop pixels are the hole. Pixels outside it are kept.")
-    CATEGORY = CATEGORY
-    FUNCTION = "inpaint"
-    RETURN_TYPES = RETURNS
-    RETURN_NAMES = NAMES
-    OUTPUT_TOOLTIPS = _OUT_TIPS
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CATEGORY, description=cls.ABOUT,
+            inputs=[CodeFormerModel.Input("model", tooltip=cls.MODEL_TIP),
+                    Faces.Input("faces", tooltip=FACES_INPUT_TIP), *cls.extra_inputs()],
+            outputs=[Faces.Output(display_name="faces", tooltip=FACES_OUTPUT_TIP),
+                     io.Image.Output(display_name="crops", tooltip=CROPS_OUTPUT_TIP)],
+        )
 
     @classmethod
-    def INPUT_TYPES(cls):
-        return {"required": {
-            "model": _model_input("CodeFormer inpainting model (codeformer_inpainting.pth)."),
-            "faces": _FACES_IN,
-        }, "optional": {
-            "mask": ("MASK", {"tooltip": "Hole to fill, 1 = fill, the size of the image the faces were "
-                                         "detected in (one mask, or one per frame)."}),
-        }}
+    def run_on_faces(cls, model, faces: FaceBatch, step: Callable[..., FaceBatch]) -> io.NodeOutput:
+        """Checks the variant first (clear error, nothing moved), then runs ``step`` on the compute device."""
+        require_variant(model, cls.TASK)
+        if len(faces) == 0:
+            return io.NodeOutput(faces, crops_image(faces))
+        bar = bridge.progress_bar(len(faces))
+        with bridge.on_compute_device([model], FORWARD_BYTES * min(len(faces), NETWORK_BATCH)):
+            out = step(batch_size=NETWORK_BATCH, progress=bar, check_interrupt=bridge.check_interrupt)
+        out = out.to("cpu")
+        return io.NodeOutput(out, crops_image(out))
 
-    def inpaint(self, model, faces, mask=None):
-        if mask is not None and mask.dim() == 2:
-            mask = mask[None]
-        return _run(model, faces, "inpaint", lambda p, kw: p.inpaint_faces(model, faces, mask, **kw))
+
+def require_variant(model, task: str) -> None:
+    """The core's variant check, its WrongVariantError worded for the node graph (which node to use)."""
+    try:
+        pipeline.check_variant(model, task)
+    except WrongVariantError as err:
+        other = BY_VARIANT.get(err.have)
+        use = f"use the '{FACE_NODES[other.name].DISPLAY_NAME}' node for it, or " if other else ""
+        weight = registry.get_entry(TASKS[task].weight).file
+        raise WrongVariantError(err.have, err.want, f"'{FACE_NODES[task].DISPLAY_NAME}' needs the {err.want} "
+                                                    f"model, but the connected model is the {err.have} variant; "
+                                                    f"{use}load {weight} in 'Load CodeFormer Model'") from None
+
+
+class CodeFormerRestoreFaces(FaceStepNode):
+    TASK, NODE_ID, DISPLAY_NAME = "restore", "CodeFormerRestoreFaces", "CodeFormer Restore Faces"
+    ABOUT = ("Restores the face crops with CodeFormer (restoration model). w trades quality for fidelity: "
+             "0 = strongest restoration, 1 = closest to the input.")
+    MODEL_TIP = "CodeFormer restoration model (codeformer.pth) from 'Load CodeFormer Model'."
+
+    @classmethod
+    def extra_inputs(cls) -> list:
+        return [w_input()]
+
+    @classmethod
+    def execute(cls, model, faces, w=0.5) -> io.NodeOutput:
+        return cls.run_on_faces(model, faces, lambda **kw: pipeline.restore_faces(model, faces, w=float(w), **kw))
+
+
+class CodeFormerColorizeFaces(FaceStepNode):
+    TASK, NODE_ID, DISPLAY_NAME = "colorize", "CodeFormerColorizeFaces", "CodeFormer Colorize Faces"
+    ABOUT = ("Colorizes gray or faded face crops with the CodeFormer colorization model; the pasted faces stay "
+             "in colour even on a black-and-white photo.")
+    MODEL_TIP = "CodeFormer colorization model (codeformer_colorization.pth)."
+
+    @classmethod
+    def execute(cls, model, faces) -> io.NodeOutput:
+        return cls.run_on_faces(model, faces, lambda **kw: pipeline.colorize_faces(model, faces, **kw))
+
+
+class CodeFormerInpaintFaces(FaceStepNode):
+    TASK, NODE_ID, DISPLAY_NAME = "inpaint", "CodeFormerInpaintFaces", "CodeFormer Inpaint Faces"
+    ABOUT = ("Fills holes in the face crops with the CodeFormer inpainting model. The hole is the mask (in image "
+             "space, e.g. from the mask editor of Load Image), warped into each crop; without a mask, pure-white "
+             "crop pixels are the hole. Pixels outside it are kept.")
+    MODEL_TIP = "CodeFormer inpainting model (codeformer_inpainting.pth)."
+
+    @classmethod
+    def extra_inputs(cls) -> list:
+        return [io.Mask.Input("mask", optional=True,
+                              tooltip="Hole to fill, 1 = fill, the size of the image the faces were detected in "
+                                      "(one mask, or one per frame).")]
+
+    @classmethod
+    def execute(cls, model, faces, mask=None) -> io.NodeOutput:
+        if mask is not None:
+            mask = mask_for_faces(mask, faces)
+        return cls.run_on_faces(model, faces, lambda **kw: pipeline.inpaint_faces(model, faces, mask, **kw))
+
+
+def mask_for_faces(mask, faces: FaceBatch):
+    """A MASK [H,W] or [B,H,W] checked against the frames the faces came from (before any work)."""
+    m = mask[None] if mask.dim() == 2 else mask
+    h, w = faces.frame_size
+    if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
+        raise InputError(f"the mask is {m.shape[-1]}x{m.shape[-2]}, but the faces were found in images of "
+                         f"{w}x{h}; give a mask of the image size (for example the mask of the same Load "
+                         f"Image, or resize it)")
+    if m.shape[0] not in (1, faces.num_frames):
+        raise InputError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask, or one per image")
+    return m
+
+
+FACE_NODES = {node.TASK: node for node in (CodeFormerRestoreFaces, CodeFormerColorizeFaces, CodeFormerInpaintFaces)}

@@ -1,0 +1,65 @@
+"""What the node modules share: the menu category, the pack's socket types, the w input, and small
+helpers between ComfyUI values and the core's."""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+from comfy_api.latest import io
+
+from ..codeformer_core import pipeline
+from ..codeformer_core.faces.batch import FaceBatch
+
+CATEGORY = "image/face restoration/CodeFormer"
+
+# The pack's own socket types: what flows between its nodes.
+CodeFormerModel = io.Custom("CODEFORMER_MODEL")   # codeformer_core.models.codeformer.CodeFormer
+FaceDetector = io.Custom("FACE_DETECTOR")         # loaders.FaceDetectorBundle
+Faces = io.Custom("FACES")                        # codeformer_core.faces.batch.FaceBatch
+
+NETWORK_BATCH = 4  # faces per CodeFormer forward; halves itself on out-of-memory
+# Rough activation memory of one 512x512 CodeFormer forward, for free_memory before a batch.
+FORWARD_BYTES = 600 * 2 ** 20
+# Working memory of detection / paste-back per frame, as a multiple of the frame's element count
+# (float32 copies of the frame and its masks through the chunk).
+FRAME_WORK_BYTES = 16 * 4 * 8
+
+W_TOOLTIP = ("Fidelity weight w, 0..1. 0 = strongest restoration (most change, cleanest face), "
+             "1 = closest to the input face (most faithful, least change). 0.5 is a good start; "
+             "use 0.7-1.0 to keep identity on good inputs.")
+
+
+def w_input(default: float = 0.5) -> io.Float.Input:
+    return io.Float.Input("w", default=default, min=0.0, max=1.0, step=0.01, tooltip=W_TOOLTIP)
+
+
+def threshold_input(tooltip: str) -> io.Float.Input:
+    return io.Float.Input("threshold", default=0.8, min=0.05, max=1.0, step=0.01, tooltip=tooltip)
+
+
+def visibility_input(faces: str = "restored") -> io.Float.Input:
+    return io.Float.Input("visibility", default=1.0, min=0.0, max=1.0, step=0.01,
+                          tooltip=f"Opacity of the {faces} faces: 1 = fully replaced, 0 = original image.")
+
+
+def crops_image(faces: FaceBatch):
+    """FACES crops as a ComfyUI IMAGE [N,S,S,3] (an empty batch when there are no faces)."""
+    return pipeline.from_frames(faces.crops)
+
+
+def frames_per_chunk(frames, device, upscale: float = 1.0) -> int:
+    """Frames that go to the compute device together (videos), by the core's memory rule."""
+    return pipeline.auto_frames_per_chunk(frames.shape[-2], frames.shape[-1], device, upscale)
+
+
+def check_choice(name: str, value, options: Sequence[str]) -> Optional[str]:
+    """For ``validate_inputs``: a message when ``value`` is not one of ``options`` (ComfyUI 0.3.64
+    does not check V3 combo values itself). None = fine, or not known before the run (a link)."""
+    if value is None or value in options:
+        return None
+    return f"{name} '{value}' is not one of {', '.join(map(str, options))}"
+
+
+def validation_result(*messages: Optional[str]):
+    """``validate_inputs`` return value: True, or the problems as one message."""
+    problems = [m for m in messages if m]
+    return "; ".join(problems) if problems else True
