@@ -95,5 +95,5 @@ def synthetic_model(golden):
     return get
 
 
-# Node-layer fixtures (ComfyUI stand-ins, synthetic models folder); see tests/node_fixtures.py.
-from node_fixtures import astronaut_image, comfy, comfy_models_dir  # noqa: E402,F401
+# Node-layer fixtures (the real ComfyUI, loaded headless; synthetic models folder); see tests/node_fixtures.py.
+from node_fixtures import astronaut_image, comfy_base, comfyui, progress  # noqa: E402,F401

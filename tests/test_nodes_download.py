@@ -1,4 +1,5 @@
-"""Loader nodes download missing official files into ComfyUI's folder (local server only)."""
+"""Loader nodes download missing official files into ComfyUI's model folder (local server only), inside
+the real ComfyUI: its folder_paths decides where, its progress bar shows the download."""
 from __future__ import annotations
 
 import hashlib
@@ -9,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from local_http import closed_port_url, serve
-
-from nodes import NODE_CLASS_MAPPINGS as N
+from node_fixtures import FACE, run_node, write_face_net
 
 FILE = "detection_mobilenet0.25_Final.pth"
 
@@ -18,13 +18,7 @@ FILE = "detection_mobilenet0.25_Final.pth"
 @pytest.fixture(scope="module")
 def payload(tmp_path_factory):
     """A real (synthetic) MobileNet RetinaFace file, about 1.7 MB."""
-    import json
-    from node_fixtures import FACE, _save
-    from codeformer_core.dev.synthetic import synth_state_dict
-    path = tmp_path_factory.mktemp("payload") / FILE
-    _save(synth_state_dict(json.loads((FACE / "retinaface_manifest_mobile0.25.json").read_text()), face=True),
-          path, nest=False)
-    return path.read_bytes()
+    return write_face_net(FILE, "retinaface_manifest_mobile0.25.json", tmp_path_factory.mktemp("payload")).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -52,70 +46,65 @@ def server(payload):
 
 
 @pytest.fixture
-def models(tmp_path, monkeypatch):
-    """An empty ComfyUI models folder with the stand-ins installed."""
-    import comfy_stubs
-    from nodes.comfy_bridge import register_folders
-    ns = comfy_stubs.install(monkeypatch, tmp_path / "models")
-    register_folders()
-    ns.root = tmp_path / "models"
-    return ns
+def models(tmp_path, monkeypatch, comfyui):
+    """ComfyUI's facedetection folder pointed at an empty models/facedetection for one test."""
+    fp = comfyui.folder_paths
+    monkeypatch.setitem(fp.folder_names_and_paths, "facedetection", ([str(tmp_path / "models" / "facedetection")], set()))
+    monkeypatch.setattr(fp, "filename_list_cache", {})
+    return tmp_path / "models"
 
 
-def point_registry(monkeypatch, url, sha256=None):
-    from codeformer_core.weights import registry as weights
+def point_registry(monkeypatch, comfyui, url, sha256=None):
+    """The pack's registry (its own copy of the core, as loaded by ComfyUI) with FILE at ``url``."""
+    weights = comfyui.pack.codeformer_core.weights.registry
     entries = weights.known_weights()
     entries["retinaface_mobilenet0.25"] = replace(entries["retinaface_mobilenet0.25"], urls=(url,), sha256=sha256)
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
 
 
-def load(parser="none"):
-    return N["CodeFormerFaceDetectorLoader"]().load(FILE, parser)[0]
+def load(comfyui, parser="none"):
+    return run_node(comfyui.N["CodeFormerFaceDetectorLoader"], detector_model=FILE, parsing_model=parser)[0]
 
 
 def leftovers(root: Path):
     return sorted(p.name for p in root.rglob("*") if p.is_file())
 
 
-def test_download_on_first_use(models, server, payload, monkeypatch):
-    point_registry(monkeypatch, f"{server}/ok/{FILE}", hashlib.sha256(payload).hexdigest())
-    bundle = load()
+def test_download_on_first_use(models, server, payload, monkeypatch, comfyui, progress):
+    point_registry(monkeypatch, comfyui, f"{server}/ok/{FILE}", hashlib.sha256(payload).hexdigest())
+    bundle = load(comfyui)
     assert bundle.detector.backbone.startswith("mobile") and bundle.parser is None
-    dest = models.root / "facedetection" / FILE
-    assert dest.read_bytes() == payload and leftovers(models.root) == [FILE]
-    bar = models.calls["progress"][-1]
-    assert bar.updates and bar.updates[-1][0] == len(payload)      # ComfyUI progress bar driven
-    assert FILE in N["CodeFormerFaceDetectorLoader"].INPUT_TYPES()["required"]["detector_model"][0]
+    dest = models / "facedetection" / FILE
+    assert dest.read_bytes() == payload and leftovers(models) == [FILE]
+    assert progress and progress[-1][0] == len(payload)      # ComfyUI's progress bar driven
+    assert comfyui.folder_paths.get_full_path("facedetection", FILE) == str(dest)
 
 
-def test_checksum_mismatch_leaves_nothing(models, server, monkeypatch):
-    from codeformer_core.weights.download import DownloadError
-    point_registry(monkeypatch, f"{server}/ok/{FILE}", "0" * 64)
-    with pytest.raises(DownloadError, match="sha256|checksum"):
-        load()
-    assert leftovers(models.root) == []
+def test_checksum_mismatch_leaves_nothing(models, server, monkeypatch, comfyui):
+    point_registry(monkeypatch, comfyui, f"{server}/ok/{FILE}", "0" * 64)
+    with pytest.raises(comfyui.pack.codeformer_core.errors.DownloadError, match="sha256|checksum"):
+        load(comfyui)
+    assert leftovers(models) == []
 
 
-def test_dropped_connection_leaves_no_final_file(models, server, monkeypatch):
-    from codeformer_core.weights.download import DownloadError
-    point_registry(monkeypatch, f"{server}/drop/{FILE}")
-    with pytest.raises(DownloadError):
-        load()
-    assert not (models.root / "facedetection" / FILE).exists()
-    assert all(name.endswith((".part", ".part.json")) for name in leftovers(models.root))  # resumable
+def test_dropped_connection_leaves_no_final_file(models, server, monkeypatch, comfyui):
+    point_registry(monkeypatch, comfyui, f"{server}/drop/{FILE}")
+    with pytest.raises(comfyui.pack.codeformer_core.errors.DownloadError):
+        load(comfyui)
+    assert not (models / "facedetection" / FILE).exists()
+    assert all(name.endswith((".part", ".part.json")) for name in leftovers(models))  # resumable
 
 
-def test_offline_message_names_url_and_destination(models, monkeypatch):
-    from codeformer_core.weights.download import DownloadError
+def test_offline_message_names_url_and_destination(models, monkeypatch, comfyui):
     url = closed_port_url(FILE)
-    point_registry(monkeypatch, url)
-    with pytest.raises(DownloadError) as err:
-        load()
+    point_registry(monkeypatch, comfyui, url)
+    with pytest.raises(comfyui.pack.codeformer_core.errors.DownloadError) as err:
+        load(comfyui)
     msg = str(err.value)
-    assert url in msg and str(models.root / "facedetection" / FILE) in msg
-    assert leftovers(models.root) == []
+    assert url in msg and str(models / "facedetection" / FILE) in msg
+    assert leftovers(models) == []
 
 
-def test_unknown_missing_file_is_a_clear_error(models):
+def test_unknown_missing_file_is_a_clear_error(models, comfyui):
     with pytest.raises(FileNotFoundError, match="models/facedetection"):
-        N["CodeFormerFaceDetectorLoader"]().load("my_detector.pth", "none")
+        run_node(comfyui.N["CodeFormerFaceDetectorLoader"], detector_model="my_detector.pth", parsing_model="none")

@@ -1,4 +1,5 @@
-"""The pack's ComfyUI entry: fast, safe import, and complete node metadata."""
+"""The pack inside the real ComfyUI: loaded through its V3 entry point, a safe root import, and node
+metadata that keeps the contract saved workflows rely on."""
 from __future__ import annotations
 
 import json
@@ -8,92 +9,104 @@ from pathlib import Path
 
 import pytest
 
-from nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from nodes._common import CATEGORY
+from node_fixtures import NODE_IDS, ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
+CONTRACT = json.loads((Path(__file__).parent / "data" / "object_info_pack.json").read_text())
+CONTRACT.pop("_comment")
+FILE_COMBOS = {("CodeFormerModelLoader", "model_name"), ("CodeFormerFaceDetectorLoader", "detector_model"),
+               ("CodeFormerFaceDetectorLoader", "parsing_model")}
 
-IMPORT_AS_COMFYUI = r"""
-import importlib.util, json, os, sys, time, types
-root, with_folder_paths = sys.argv[1], sys.argv[2] == "1"
-registered = {}
-if with_folder_paths:
-    fp = types.ModuleType("folder_paths")
-    fp.models_dir = "/nonexistent/models"
-    fp.add_model_folder_path = lambda name, path, is_default=False: registered.setdefault(name, path)
-    sys.modules["folder_paths"] = fp
+IMPORT_ROOT = r"""
+import importlib.util, json, os, sys, time
+root = sys.argv[1]
 t = time.perf_counter()
-# As ComfyUI's load_custom_node does: a module named after the path, loaded from __init__.py.
+# As ComfyUI's load_custom_node does: a package named after the path, loaded from __init__.py.
 name = root.replace(".", "_x_")
-spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"),
-                                              submodule_search_locations=[root])
+spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"))
 mod = importlib.util.module_from_spec(spec)
 sys.modules[name] = mod
 spec.loader.exec_module(mod)
-print(json.dumps({"seconds": time.perf_counter() - t, "nodes": sorted(mod.NODE_CLASS_MAPPINGS),
-                  "torch": "torch" in sys.modules, "registered": registered}))
+print(json.dumps({"seconds": time.perf_counter() - t, "entrypoint": callable(getattr(mod, "comfy_entrypoint", None)),
+                  "legacy": hasattr(mod, "NODE_CLASS_MAPPINGS"),
+                  "heavy": sorted(m for m in ("torch", "comfy_api", "folder_paths") if m in sys.modules)}))
 """
 
 
-@pytest.mark.parametrize("with_folder_paths", [True, False], ids=["comfyui", "no-comfyui"])
-def test_root_import_is_fast_and_safe(with_folder_paths):
-    out = subprocess.run([sys.executable, "-c", IMPORT_AS_COMFYUI, str(ROOT), "1" if with_folder_paths else "0"],
-                         capture_output=True, text=True, cwd="/", timeout=60)
+def test_root_import_is_fast_and_imports_nothing():
+    """Outside ComfyUI (no comfy_api on the path) the root imports; nothing heavy until ComfyUI calls it."""
+    out = subprocess.run([sys.executable, "-c", IMPORT_ROOT, str(ROOT)], capture_output=True, text=True,
+                         cwd="/", timeout=60)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
-    assert info["nodes"] == sorted(NODE_CLASS_MAPPINGS)
-    assert not info["torch"], "importing the pack must not import torch"
-    assert info["seconds"] < 1.0
-    if with_folder_paths:
-        assert info["registered"] == {"facerestore_models": "/nonexistent/models/facerestore_models",
-                                      "codeformer": "/nonexistent/models/codeformer",
-                                      "facedetection": "/nonexistent/models/facedetection"}
+    assert info["entrypoint"] and not info["legacy"]   # V3 only: a NODE_CLASS_MAPPINGS would win over it
+    assert info["heavy"] == [] and info["seconds"] < 0.5
 
 
-def test_root_init_as_plain_module_does_not_crash():
-    code = ("import importlib.util; s = importlib.util.spec_from_file_location('x', %r); "
-            "m = importlib.util.module_from_spec(s); s.loader.exec_module(m); print(m.NODE_CLASS_MAPPINGS)"
-            % str(ROOT / "__init__.py"))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="/", timeout=60)
-    assert out.returncode == 0 and out.stdout.strip() == "{}", out.stderr
+def test_comfyui_registers_every_node_once(comfyui):
+    n = comfyui.nodes
+    ours = sorted(k for k, cls in n.NODE_CLASS_MAPPINGS.items()
+                  if getattr(cls, "RELATIVE_PYTHON_MODULE", "") == f"custom_nodes.{ROOT.name}")
+    assert ours == sorted(NODE_IDS)
+    for node_id in NODE_IDS:
+        assert n.NODE_DISPLAY_NAME_MAPPINGS[node_id] == CONTRACT[node_id]["display_name"]
+    assert comfyui.load_seconds < 2.0     # torch is already loaded inside ComfyUI: this is the pack itself
 
 
-def test_node_ids_are_stable():
-    assert sorted(NODE_CLASS_MAPPINGS) == sorted([
-        "CodeFormerModelLoader", "CodeFormerFaceDetectorLoader", "CodeFormerDetectFaces",
-        "CodeFormerRestoreFaces", "CodeFormerColorizeFaces", "CodeFormerInpaintFaces", "CodeFormerPasteFaces",
-        "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne"])
-    assert set(NODE_DISPLAY_NAME_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+def test_model_folders_registered(comfyui):
+    models = Path(comfyui.folder_paths.models_dir)
+    for name in ("facerestore_models", "codeformer", "facedetection"):
+        assert str(models / name) in comfyui.folder_paths.get_folder_paths(name)
 
 
-@pytest.mark.parametrize("node_id", sorted(NODE_CLASS_MAPPINGS))
-def test_node_metadata(node_id, comfy):
-    cls = NODE_CLASS_MAPPINGS[node_id]
-    assert cls.CATEGORY == CATEGORY and cls.DESCRIPTION and callable(getattr(cls, cls.FUNCTION))
-    spec = cls.INPUT_TYPES()
+def test_requires_comfyui_is_read_by_comfyui(comfyui):
+    from comfy_config import config_parser
+    config = config_parser.extract_node_configuration(str(ROOT))
+    assert config.project.supported_comfyui_version == ">=0.3.64"
+
+
+def spec_options(spec):
+    """(type, options) of an object_info input spec: V3 combos are ("COMBO", {"options": [...]})."""
+    t, opts = spec[0], dict(spec[1])
+    if t == "COMBO" or isinstance(t, list):
+        t = opts.pop("options", t)
+        opts.pop("multiselect", None)
+    return t, opts
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_object_info_keeps_the_v1_contract(node_id, comfyui):
+    """What /object_info serves (ComfyUI's GET_NODE_INFO_V1) equals the V1 node layer's description."""
+    info, want = comfyui.N[node_id].GET_NODE_INFO_V1(), CONTRACT[node_id]
+    for key in ("display_name", "category", "description", "output", "output_name", "output_tooltips",
+                "input_order", "output_node"):
+        assert info[key] == want[key], key
+    assert info["input"].keys() == want["input"].keys()
+    for section, specs in want["input"].items():
+        for name, (want_type, want_opts) in specs.items():
+            got_type, got_opts = spec_options(info["input"][section][name])
+            assert got_opts == want_opts, f"{node_id}.{name}"
+            if (node_id, name) in FILE_COMBOS:   # files on disk come after the official names
+                assert set(want_type) <= set(got_type), f"{node_id}.{name}"
+            else:
+                assert got_type == want_type, f"{node_id}.{name}"
+
+
+@pytest.mark.parametrize("node_id", NODE_IDS)
+def test_every_socket_has_a_tooltip(node_id, comfyui):
+    info = comfyui.N[node_id].GET_NODE_INFO_V1()
+    assert info["description"] and info["category"] == "image/face restoration/CodeFormer"
     for section in ("required", "optional"):
-        for name, s in spec.get(section, {}).items():
-            assert len(s) > 1 and s[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
-            if isinstance(s[0], list):
-                assert s[0], f"{node_id}.{name}: empty combo"
-                assert s[1].get("default", s[0][0]) in s[0]
-            elif s[0] in ("INT", "FLOAT"):
-                assert s[1]["min"] <= s[1]["default"] <= s[1]["max"]
-    assert len(cls.OUTPUT_TOOLTIPS) == len(cls.RETURN_TYPES) == len(cls.RETURN_NAMES)
-    assert all(cls.OUTPUT_TOOLTIPS)
+        for name, spec in info["input"].get(section, {}).items():
+            t, opts = spec_options(spec)
+            assert opts.get("tooltip"), f"{node_id}.{name} has no tooltip"
+            if isinstance(t, list):
+                assert t and opts.get("default", t[0]) in t, f"{node_id}.{name}"
+            elif t in ("INT", "FLOAT"):
+                assert opts["min"] <= opts["default"] <= opts["max"], f"{node_id}.{name}"
+    assert len(info["output_tooltips"]) == len(info["output"]) and all(info["output_tooltips"])
 
 
-def test_option_lists_match_the_core():
-    from codeformer_core import pipeline
-    from codeformer_core.faces import detect as detection
-    from nodes import _common
-    assert _common.SELECTIONS == detection.SELECTIONS and _common.SORT_KEYS == detection.SORT_KEYS
-    display = dict(NODE_DISPLAY_NAME_MAPPINGS)
-    for node in pipeline.TASK_NODE.values():     # the wrong-variant error names these nodes
-        assert node in display.values()
-
-
-def test_w_tooltip_says_which_way():
-    tip = NODE_CLASS_MAPPINGS["CodeFormerRestoreFaces"].INPUT_TYPES()["required"]["w"][1]
-    assert tip["default"] == 0.5 and tip["min"] == 0 and tip["max"] == 1
-    assert "0 = strongest restoration" in tip["tooltip"] and "1 = closest to the input" in tip["tooltip"]
+def test_w_tooltip_says_which_way(comfyui):
+    _, w = spec_options(comfyui.N["CodeFormerRestoreFaces"].GET_NODE_INFO_V1()["input"]["required"]["w"])
+    assert w["default"] == 0.5 and w["min"] == 0 and w["max"] == 1
+    assert "0 = strongest restoration" in w["tooltip"] and "1 = closest to the input" in w["tooltip"]

@@ -1,40 +1,36 @@
-"""Node classes run through their FUNCTIONs with ComfyUI stand-ins and synthetic weight files.
+"""The nodes run through their V3 entry points inside the real ComfyUI (headless, CPU), on synthetic
+weight files in ComfyUI's model folders.
 
-CodeFormer forwards cost seconds on a CPU, so the detected and restored faces are shared
-through module-scoped fixtures (one face: selection 'largest').
+CodeFormer forwards cost seconds on a CPU, so the detected and restored faces are shared through
+module-scoped fixtures (one face: selection 'largest').
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-import comfy_stubs
-from nodes import NODE_CLASS_MAPPINGS as N
+from node_fixtures import run_node
 
 DETECT = dict(threshold=0.7, selection="largest", sort_by="area", index=0, max_faces=0, resolution=640,
               smoothing=0.0)
 
 
 @pytest.fixture(scope="module")
-def mod_comfy(comfy_models_dir):
-    mp = pytest.MonkeyPatch()
-    ns = comfy_stubs.install(mp, comfy_models_dir)
-    from nodes.comfy_bridge import register_folders
-    register_folders()
-    yield ns
-    mp.undo()
+def N(comfyui):
+    return comfyui.N
 
 
 @pytest.fixture(scope="module")
-def model(mod_comfy):
-    m, variant = N["CodeFormerModelLoader"]().load("codeformer.pth", "auto")
+def model(N):
+    m, variant = run_node(N["CodeFormerModelLoader"], model_name="codeformer.pth", dtype="auto")
     assert variant == "restoration"
     return m
 
 
 @pytest.fixture(scope="module")
-def detector(mod_comfy):
-    (bundle,) = N["CodeFormerFaceDetectorLoader"]().load("detection_Resnet50_Final.pth", "parsing_parsenet.pth")
+def detector(N):
+    (bundle,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_Resnet50_Final.pth",
+                         parsing_model="parsing_parsenet.pth")
     return bundle
 
 
@@ -45,42 +41,54 @@ def batch(astronaut_image):
 
 
 @pytest.fixture(scope="module")
-def detected(mod_comfy, detector, batch):
-    return N["CodeFormerDetectFaces"]().detect(batch, detector, **DETECT)
+def detected(N, detector, batch):
+    return run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT)
 
 
 @pytest.fixture(scope="module")
-def restored(mod_comfy, model, detected):
-    mod_comfy.calls.clear()
-    out = N["CodeFormerRestoreFaces"]().restore(model, detected[0], w=0.5)
-    return out, dict(mod_comfy.calls)
+def restored(N, comfyui, model, detected):
+    """Restore Faces on the detected face, with ComfyUI's progress hook and memory calls recorded."""
+    events, freed = [], []
+    free_memory = comfyui.mm.free_memory
 
-
-def test_loader_lists_files_and_official_names(mod_comfy):
-    opts = N["CodeFormerModelLoader"].INPUT_TYPES()["required"]["model_name"]
-    assert {"codeformer.pth", "codeformer_colorization.pth", "codeformer_inpainting.pth"} <= set(opts[0])
-    assert opts[1]["default"] == "codeformer.pth"
-    det = N["CodeFormerFaceDetectorLoader"].INPUT_TYPES()["required"]
-    assert "detection_mobilenet0.25_Final.pth" in det["detector_model"][0]  # offered, downloaded on use
-    assert "parsing_parsenet.pth" not in det["detector_model"][0]
-    assert det["parsing_model"][0][0] == "none" and "parsing_parsenet.pth" in det["parsing_model"][0]
-
-
-def test_model_sits_on_offload_device(model, mod_comfy):
-    assert next(model.parameters()).device.type == "cpu"
-    assert next(model.parameters()).dtype == torch.float32  # should_use_fp16 said no
-
-
-def test_auto_dtype_follows_comfy(mod_comfy):
-    mod_comfy.calls["fp16_ok"] = True
+    def recorded_free_memory(need, device, *args, **kwargs):   # ComfyUI's own free_memory still runs
+        freed.append((need, device))
+        return free_memory(need, device, *args, **kwargs)
+    comfyui.utils.set_progress_bar_global_hook(lambda v, t, preview, node_id=None: events.append((v, t)))
+    mp = pytest.MonkeyPatch()
+    mp.setattr(comfyui.mm, "free_memory", recorded_free_memory)
     try:
-        m, _ = N["CodeFormerModelLoader"]().load("codeformer.pth", "auto")
+        out = run_node(N["CodeFormerRestoreFaces"], model=model, faces=detected[0], w=0.5)
     finally:
-        mod_comfy.calls.pop("fp16_ok")
+        mp.undo()
+        comfyui.utils.set_progress_bar_global_hook(None)
+    return out, events, freed
+
+
+def test_loader_lists_files_and_official_names(N):
+    info = N["CodeFormerModelLoader"].GET_NODE_INFO_V1()["input"]["required"]
+    assert {"codeformer.pth", "codeformer_colorization.pth", "codeformer_inpainting.pth"} <= \
+        set(info["model_name"][1]["options"])
+    assert info["model_name"][1]["default"] == "codeformer.pth"
+    det = N["CodeFormerFaceDetectorLoader"].GET_NODE_INFO_V1()["input"]["required"]
+    assert "detection_mobilenet0.25_Final.pth" in det["detector_model"][1]["options"]  # offered, downloaded on use
+    assert "parsing_parsenet.pth" not in det["detector_model"][1]["options"]
+    parsers = det["parsing_model"][1]["options"]
+    assert parsers[0] == "none" and "parsing_parsenet.pth" in parsers
+
+
+def test_model_sits_on_offload_device(model):
+    assert next(model.parameters()).device.type == "cpu"
+    assert next(model.parameters()).dtype == torch.float32  # ComfyUI's should_use_fp16 says no on the CPU
+
+
+def test_auto_dtype_follows_comfy(N, comfyui, monkeypatch):
+    monkeypatch.setattr(comfyui.mm, "should_use_fp16", lambda *a, **k: True)  # as on a GPU that runs fp16 well
+    m, _ = run_node(N["CodeFormerModelLoader"], model_name="codeformer.pth", dtype="auto")
     assert any(p.dtype == torch.float16 for p in m.parameters())
 
 
-def test_detect_outputs(detected, batch):
+def test_detect_outputs(detected):
     faces, crops, mask, count = detected
     assert count == len(faces) == 1 and faces.counts_per_frame().tolist() == [1, 0]
     assert crops.shape == (1, 512, 512, 3) and crops.dtype == torch.float32
@@ -88,107 +96,143 @@ def test_detect_outputs(detected, batch):
     assert faces.crops.device.type == "cpu" and faces.meta["parser"] is not None
 
 
+def test_detect_in_chunks_equals_one_chunk(N, comfyui, detector, batch, detected, monkeypatch):
+    """A video split into one-frame chunks (little memory) gives the same faces and masks."""
+    monkeypatch.setattr(comfyui.pack.codeformer_core.pipeline, "auto_frames_per_chunk", lambda *a, **k: 1)
+    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=batch.flip(0), face_detector=detector,
+                                         **DETECT)
+    assert count == 1 and faces.frame_index.tolist() == [1] and faces.num_frames == 2
+    assert torch.allclose(crops, detected[1], atol=1e-5) and torch.allclose(mask, detected[2].flip(0), atol=1e-5)
+
+
 def test_restore_progress_memory_and_crops(restored, detected):
-    (faces, crops), calls = restored
+    (faces, crops), events, freed = restored
     assert len(faces) == 1 and crops.shape == (1, 512, 512, 3)
     assert not torch.equal(faces.crops, detected[0].crops)
-    bar = calls["progress"][-1]
-    assert bar.total == 1 and bar.updates[-1] == (1, 1)      # progress counts faces
-    assert calls["interrupt_checks"] >= 1 and calls["free_memory"] and calls["soft_empty_cache"]
+    assert events and events[-1] == (1, 1)          # the progress bar counts faces
+    assert freed and freed[0][0] > 300 * 2 ** 20    # room for the model and a forward asked of ComfyUI
 
 
-def test_paste_back(mod_comfy, restored, batch):
-    image, mask = N["CodeFormerPasteFaces"]().paste(batch, restored[0][0], 1.0, True, False, 0, 1.0)
+def test_paste_back(N, restored, batch):
+    faces = restored[0][0]
+    image, mask = run_node(N["CodeFormerPasteFaces"], image=batch, faces=faces, visibility=1.0, use_parsing=True,
+                           color_match=False, feather=0, upscale=1.0)
     assert image.shape == batch.shape and mask.shape == batch.shape[:3]
     assert torch.equal(image[1], batch[1])                     # no face: frame unchanged
     changed = (image[0] - batch[0]).abs().amax(-1) > 1e-4
     assert changed.any() and not changed[mask[0] == 0].any()   # only pixels under the mask change
-    zero, _ = N["CodeFormerPasteFaces"]().paste(batch, restored[0][0], 0.0, False, False, 0, 1.0)
+    zero, _ = run_node(N["CodeFormerPasteFaces"], image=batch, faces=faces, visibility=0.0, use_parsing=False,
+                       color_match=False, feather=0, upscale=1.0)
     assert torch.allclose(zero, batch, atol=1e-6)              # visibility 0 = original
 
 
-def test_paste_upscale_model_goes_through_comfy(mod_comfy, detected, batch):
-    class Up:  # stands in for spandrel's ImageModelDescriptor
-        scale = 2
-
-        def __call__(self, x):
-            return torch.nn.functional.interpolate(x, scale_factor=2, mode="nearest")
-    mod_comfy.calls.pop("upscale", None)
-    image, mask = N["CodeFormerPasteFaces"]().paste(batch, detected[0], 1.0, False, True, 8, 2.0, upscale_model=Up())
+def test_paste_upscale_model_goes_through_comfy(N, comfyui, detected, batch):
+    """A (tiny, random) x2 ESRGAN-compact file loaded by ComfyUI's Load Upscale Model upscales the background."""
+    from spandrel.architectures.Compact import Compact
+    torch.manual_seed(0)
+    net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
+    torch.save(net.state_dict(), comfyui.base / "models" / "upscale_models" / "tiny_x2.pth")
+    assert asyncio_load(comfyui, "nodes_upscale_model.py")
+    extras = comfyui.nodes.NODE_CLASS_MAPPINGS
+    (up,) = run_node(extras["UpscaleModelLoader"], model_name="tiny_x2.pth")
+    image, mask = run_node(N["CodeFormerPasteFaces"], image=batch, faces=detected[0], visibility=1.0,
+                           use_parsing=False, color_match=True, feather=8, upscale=2.0, upscale_model=up)
     assert image.shape == (2, 512, 512, 3) and mask.shape == (2, 512, 512)
-    assert mod_comfy.calls["upscale"] == [(2, 256, 256, 3)]
+    (background,) = run_node(extras["ImageUpscaleWithModel"], upscale_model=up, image=batch[1:])
+    assert torch.allclose(image[1], background[0], atol=1e-5)    # the no-face frame is the model's output
 
 
-def test_paste_parsing_without_parser_is_an_error(mod_comfy, detected, batch):
+def asyncio_load(comfyui, extras_file: str) -> bool:
+    """Loads one of ComfyUI's own comfy_extras node files, as ComfyUI does at start."""
+    import asyncio
+    import os
+    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", extras_file)
+    return asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
+
+
+def test_paste_parsing_without_parser_is_an_error(N, detected, batch):
     from dataclasses import replace
     faces = replace(detected[0], meta={})
     with pytest.raises(ValueError, match="parsing model"):
-        N["CodeFormerPasteFaces"]().paste(batch, faces, 1.0, True, False, 0, 1.0)
+        run_node(N["CodeFormerPasteFaces"], image=batch, faces=faces, use_parsing=True)
 
 
-def test_paste_wrong_image_is_an_error(mod_comfy, detected, batch):
+def test_paste_wrong_image_is_an_error(N, detected, batch):
     with pytest.raises(ValueError, match="same image"):
-        N["CodeFormerPasteFaces"]().paste(batch[:1], detected[0], 1.0, False, False, 0, 1.0)
+        run_node(N["CodeFormerPasteFaces"], image=batch[:1], faces=detected[0], use_parsing=False)
 
 
-def test_crops_out_and_in(mod_comfy, detected, batch):
-    crops, n = N["CodeFormerCropsToImage"]().run(detected[0])
+def test_crops_out_and_in(N, detected, batch):
+    crops, n = run_node(N["CodeFormerCropsToImage"], faces=detected[0])
     assert n == 1 and torch.equal(crops, detected[1])
     small = torch.nn.functional.interpolate(crops.movedim(-1, 1), size=(256, 256), mode="area").movedim(1, -1)
-    (faces,) = N["CodeFormerImageToCrops"]().run(detected[0], small.flip(-1))   # an "edit": BGR swap
+    (faces,) = run_node(N["CodeFormerImageToCrops"], faces=detected[0], crops=small.flip(-1))  # an "edit"
     assert faces.crop_size == 256 and len(faces) == 1
-    image, _ = N["CodeFormerPasteFaces"]().paste(batch, faces, 1.0, False, False, 0, 1.0)
+    image, _ = run_node(N["CodeFormerPasteFaces"], image=batch, faces=faces, use_parsing=False)
     assert image.shape == batch.shape
     with pytest.raises(ValueError, match="one image per face"):
-        N["CodeFormerImageToCrops"]().run(detected[0], torch.cat([crops, crops]))
+        run_node(N["CodeFormerImageToCrops"], faces=detected[0], crops=torch.cat([crops, crops]))
 
 
-def test_no_face_passes_through(mod_comfy, detector, model, batch):
+def test_no_face_passes_through(N, detector, model, batch):
     gray = batch[1:]
-    faces, crops, mask, count = N["CodeFormerDetectFaces"]().detect(gray, detector, **DETECT)
+    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=detector, **DETECT)
     assert count == 0 and crops.shape[0] == 0 and mask.abs().max() == 0
-    out, _ = N["CodeFormerRestoreFaces"]().restore(model, faces, 0.5)
-    image, _ = N["CodeFormerPasteFaces"]().paste(gray, out, 1.0, True, False, 0, 1.0)
+    out, _ = run_node(N["CodeFormerRestoreFaces"], model=model, faces=faces, w=0.5)
+    image, _ = run_node(N["CodeFormerPasteFaces"], image=gray, faces=out, use_parsing=True)
     assert torch.equal(image, gray)
-    image, mask, count = N["CodeFormerRestoreFacesAllInOne"]().restore(gray, model, detector, 0.5, 1.0, "all", 0.7)
+    image, mask, count = run_node(N["CodeFormerRestoreFacesAllInOne"], image=gray, model=model,
+                                  face_detector=detector, w=0.5, visibility=1.0, selection="all", threshold=0.7)
     assert count == 0 and torch.equal(image, gray) and mask.max() == 0
 
 
-def test_wrong_variant_names_the_node(mod_comfy, detected, synthetic_model):
-    from codeformer_core.pipeline import WrongVariantError
-    with pytest.raises(WrongVariantError, match="CodeFormer Inpaint Faces"):
-        N["CodeFormerRestoreFaces"]().restore(synthetic_model("inpainting"), detected[0], 0.5)
-    with pytest.raises(WrongVariantError, match="CodeFormer Colorize Faces"):
-        N["CodeFormerInpaintFaces"]().inpaint(synthetic_model("colorization"), detected[0])
+def test_wrong_variant_names_the_node(N, comfyui, detected, synthetic_model):
+    errors = comfyui.pack.codeformer_core.errors
+    with pytest.raises(errors.WrongVariantError, match="'CodeFormer Inpaint Faces' node") as err:
+        run_node(N["CodeFormerRestoreFaces"], model=synthetic_model("inpainting"), faces=detected[0], w=0.5)
+    assert (err.value.have, err.value.want) == ("inpainting", "restoration")
+    assert "codeformer.pth" in str(err.value)
+    with pytest.raises(errors.WrongVariantError, match="'CodeFormer Colorize Faces' node"):
+        run_node(N["CodeFormerInpaintFaces"], model=synthetic_model("colorization"), faces=detected[0])
 
 
-def test_interrupt_stops_before_the_network(mod_comfy, model, detected):
-    mod_comfy.mm.interrupt_current_processing(True)
-    with pytest.raises(comfy_stubs.InterruptProcessingException):
-        N["CodeFormerRestoreFaces"]().restore(model, detected[0], 0.5)
+def test_interrupt_stops_before_the_network(N, comfyui, model, detected):
+    comfyui.mm.interrupt_current_processing(True)
+    try:
+        with pytest.raises(comfyui.mm.InterruptProcessingException):
+            run_node(N["CodeFormerRestoreFaces"], model=model, faces=detected[0], w=0.5)
+    finally:
+        comfyui.mm.interrupt_current_processing(False)
     assert next(model.parameters()).device.type == "cpu"
 
 
-def test_colorize_keeps_colour(mod_comfy, detector, synthetic_model, batch):
+def test_colorize_keeps_colour(N, detector, synthetic_model, batch):
     gray = batch[:1].mean(-1, keepdim=True).expand(-1, -1, -1, 3).contiguous()
-    faces, *_ = N["CodeFormerDetectFaces"]().detect(gray, detector, **DETECT)
+    faces, *_ = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=detector, **DETECT)
     assert len(faces) == 1 and bool(faces.gray.all())
-    out, crops = N["CodeFormerColorizeFaces"]().colorize(synthetic_model("colorization"), faces)
+    out, crops = run_node(N["CodeFormerColorizeFaces"], model=synthetic_model("colorization"), faces=faces)
     assert not bool(out.gray.any())
     assert (crops[..., 0] - crops[..., 1]).abs().max() > 1e-3
 
 
-def test_inpaint_with_frame_mask(mod_comfy, detected, synthetic_model, batch):
+def test_inpaint_with_frame_mask(N, detected, synthetic_model):
     faces = detected[0]
     box = faces.boxes[0].round().long().tolist()
     mask = torch.zeros(2, 256, 256)
     cx, cy = (box[0] + box[2]) // 2, (box[1] + box[3]) // 2
     mask[0, cy - 12:cy + 12, cx - 12:cx + 12] = 1
-    out, crops = N["CodeFormerInpaintFaces"]().inpaint(synthetic_model("inpainting"), faces, mask)
+    out, crops = run_node(N["CodeFormerInpaintFaces"], model=synthetic_model("inpainting"), faces=faces, mask=mask)
     from codeformer_core.pipeline import crop_hole_masks
     hole = crop_hole_masks(faces, mask)[:, 0]
     changed = (out.crops - faces.crops).abs().amax(1) > 0
     assert changed.any() and not (changed & ~hole).any()     # only the warped hole changes
     assert torch.equal(crops, out.crops.permute(0, 2, 3, 1))
-    with pytest.raises(ValueError, match="image size"):
-        N["CodeFormerInpaintFaces"]().inpaint(synthetic_model("inpainting"), faces, torch.zeros(1, 64, 64))
+
+
+def test_inpaint_mask_of_another_size_fails_before_any_work(N, detected, synthetic_model, monkeypatch, comfyui):
+    moved = []
+    monkeypatch.setattr(comfyui.pack.nodes.comfy_bridge, "on_compute_device", lambda *a, **k: moved.append(a))
+    with pytest.raises(ValueError, match="mask is 64x64.*images of 256x256"):
+        run_node(N["CodeFormerInpaintFaces"], model=synthetic_model("inpainting"), faces=detected[0],
+                 mask=torch.zeros(1, 64, 64))
+    assert moved == []

@@ -1,14 +1,19 @@
-"""Example workflows: node types known, widget values valid, and the modular and all-in-one
-graphs, converted to API format, give the same image when executed in-process."""
+"""Example workflows: node types known and widget values valid; and, run by ComfyUI's own validation
+and executor in this process (converted to API format as the front end does), the modular and all-in-one
+graphs give the same image, moving the w slider re-runs only the restore step and what follows, and
+bad values are refused before a run."""
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
+import os
+import uuid
 from pathlib import Path
 
 import pytest
 
-from node_fixtures import load_image
-from nodes import NODE_CLASS_MAPPINGS
+from node_fixtures import NODE_IDS, astronaut_image  # noqa: F401 (fixture)
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -17,15 +22,11 @@ VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
-@pytest.fixture
-def infos(comfy):
-    """/object_info-style descriptions: core entries from ComfyUI 0.3.64, ours from INPUT_TYPES."""
-    out = dict(CORE)
-    for name, cls in NODE_CLASS_MAPPINGS.items():
-        spec = cls.INPUT_TYPES()
-        out[name] = {"input": spec, "input_order": {k: list(v) for k, v in spec.items()},
-                     "output": list(cls.RETURN_TYPES), "output_name": list(cls.RETURN_NAMES)}
-    return out
+@pytest.fixture(scope="module")
+def infos(comfyui):
+    """/object_info as the server gives it: core entries stored from ComfyUI 0.3.64, ours from the
+    loaded V3 classes (ComfyUI's GET_NODE_INFO_V1)."""
+    return {**CORE, **{k: comfyui.N[k].GET_NODE_INFO_V1() for k in NODE_IDS}}
 
 
 def widget_slots(info):
@@ -115,7 +116,7 @@ def test_workflow_is_valid(path, infos):
         if node["type"] in VIRTUAL:
             continue
         assert node["type"] in infos, f"unknown node type {node['type']}"
-        ours += node["type"] in NODE_CLASS_MAPPINGS
+        ours += node["type"] in NODE_IDS
         info = infos[node["type"]]
         for name, value in widget_values(node, info).items():
             spec = info["input"].get("required", {}).get(name) or info["input"]["optional"][name]
@@ -141,77 +142,181 @@ def test_expected_workflows_exist():
             "txt2img_fix_faces", "restore_then_upscale", "restore_video_frames"} <= names
 
 
-# -- in-process execution --------------------------------------------------------------------------
-class Executor:
-    """Runs an API prompt: our nodes through their FUNCTIONs, a few core nodes as stand-ins.
-
-    Loader outputs are cached by (class, widget inputs), as ComfyUI's output cache does, so two
-    graphs run by one executor share the loaded models.
-    """
-
-    CACHED = ("CodeFormerModelLoader", "CodeFormerFaceDetectorLoader")
+# -- run by ComfyUI's own validation and executor -------------------------------------------------------
+class MessageSink:
+    """What ComfyUI's executor needs of its PromptServer: a client id and ``send_sync``. The real server
+    is an aiohttp web app that cannot run inside a test process (the real-server test does that); this
+    only records the messages it would send to the browser."""
 
     def __init__(self):
-        self.saved, self.cache = {}, {}
+        self.client_id, self.last_node_id, self.messages = None, None, []
 
-    def core(self, class_type, inputs, node_id):
-        if class_type == "LoadImage":
-            return load_image(ROOT / "tests" / "data" / inputs["image"])
-        if class_type in ("SaveImage", "PreviewImage"):
-            self.saved[node_id] = inputs["images"]
-            return ()
-        if class_type == "MaskToImage":
-            m = inputs["mask"]
-            return (m.reshape(-1, 1, *m.shape[-2:]).movedim(1, -1).expand(-1, -1, -1, 3),)
-        raise NotImplementedError(class_type)
+    def send_sync(self, event, data, sid=None):
+        self.messages.append((event, data))
 
-    def run(self, api):
-        done, order = {}, []
-        pending = dict(api)
-        while pending:   # topological order
-            ready = [k for k, v in pending.items()
-                     if all(not isinstance(x, list) or x[0] in done for x in v["inputs"].values())]
-            assert ready, "cycle or dangling link"
-            for k in sorted(ready, key=int):
-                node = pending.pop(k)
-                inputs = {n: (done[x[0]][x[1]] if isinstance(x, list) else x) for n, x in node["inputs"].items()}
-                cls = NODE_CLASS_MAPPINGS.get(node["class_type"])
-                key = (node["class_type"], json.dumps(node["inputs"], sort_keys=True))
-                if cls is None:
-                    done[k] = self.core(node["class_type"], inputs, k)
-                elif node["class_type"] in self.CACHED and key in self.cache:
-                    done[k] = self.cache[key]
-                else:
-                    done[k] = self.cache[key] = getattr(cls(), cls.FUNCTION)(**inputs)
-                order.append(node["class_type"])
-        return done, order
+
+class Comfy:
+    """Validates and executes API prompts as the server's prompt worker does, keeping ComfyUI's
+    output cache between prompts."""
+
+    def __init__(self, comfyui):
+        self.execution, self.sink = comfyui.execution, MessageSink()
+        self.executor = comfyui.execution.PromptExecutor(self.sink)
+
+    def validate(self, prompt):
+        return asyncio.run(self.execution.validate_prompt(str(uuid.uuid4()), prompt, None))
+
+    def run(self, prompt, expect_error=False):
+        """(executed node ids in order, node ids served from the cache); with ``expect_error`` the one
+        execution error ComfyUI reports instead."""
+        prompt = copy.deepcopy(prompt)   # a fresh prompt, as the server parses each request (ComfyUI writes into it)
+        valid, error, outputs, node_errors = self.validate(prompt)
+        assert valid, (error, node_errors)
+        self.sink.messages.clear()
+        self.executor.execute(prompt, str(uuid.uuid4()), {"client_id": "tests"}, outputs)
+        errors = [d for e, d in self.sink.messages if e == "execution_error"]
+        if expect_error:
+            assert not self.executor.success and len(errors) == 1
+            return errors[0]
+        assert self.executor.success and not errors, errors
+        executed = [d["node"] for e, d in self.sink.messages if e == "executing" and d["node"] is not None]
+        cached = next(d["nodes"] for e, d in self.sink.messages if e == "execution_cached")
+        return executed, set(cached)
+
+    def output(self, node_id, index=0):
+        return self.executor.caches.outputs.get(node_id)[index][0]
 
 
 def _load(name):
     return json.loads((ROOT / "workflows" / f"{name}.json").read_text())
 
 
-def test_modular_and_all_in_one_agree(infos):
-    modular, simple = to_api(_load("restore_faces_modular"), infos), to_api(_load("restore_faces_simple"), infos)
-    det = next(v for v in modular.values() if v["class_type"] == "CodeFormerDetectFaces")["inputs"]
-    aio = next(v for v in simple.values() if v["class_type"] == "CodeFormerRestoreFacesAllInOne")["inputs"]
-    res = next(v for v in modular.values() if v["class_type"] == "CodeFormerRestoreFaces")["inputs"]
-    paste = next(v for v in modular.values() if v["class_type"] == "CodeFormerPasteFaces")["inputs"]
+SYNTHETIC_THRESHOLD = 0.7   # the synthetic detector weights score a real face at most ~0.77
+
+
+def api_prompt(name, infos):
+    """A workflow as the API prompt the front end sends; for the synthetic detector weights its
+    threshold is lowered, and only the largest face is taken (at 0.7 they also score a few
+    non-faces, and each face is a CodeFormer forward of seconds on a CPU)."""
+    api = to_api(_load(name), infos)
+    for node in api.values():
+        if node["class_type"] in ("CodeFormerDetectFaces", "CodeFormerRestoreFacesAllInOne"):
+            node["inputs"].update(threshold=SYNTHETIC_THRESHOLD, selection="largest")
+    return api
+
+
+def node_of(api, class_type):
+    return next(k for k, v in api.items() if v["class_type"] == class_type)
+
+
+def downstream(api, start):
+    """``start`` and every node that depends on it, from the prompt's links."""
+    out, grew = {start}, True
+    while grew:
+        grew = False
+        for k, v in api.items():
+            if k not in out and any(isinstance(x, list) and x[0] in out for x in v["inputs"].values()):
+                out.add(k)
+                grew = True
+    return out
+
+
+@pytest.fixture(scope="module")
+def comfy_extras(comfyui):
+    """ComfyUI's MaskToImage (comfy_extras/nodes_mask.py, loaded as ComfyUI loads its extras at start)."""
+    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", "nodes_mask.py")
+    assert asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
+
+
+@pytest.fixture(scope="module")
+def runs(comfyui, infos, comfy_extras):
+    """The modular graph; a broken variant of it; the same with another w; the same with the weight file
+    touched; then the all-in-one graph, in one ComfyUI executor (its cache carries over, as in the server)."""
+    comfy = Comfy(comfyui)
+    modular, simple = api_prompt("restore_faces_modular", infos), api_prompt("restore_faces_simple", infos)
+    out = {"modular": modular, "simple": simple, "comfy": comfy}
+    out["first"] = comfy.run(modular)
+    out["modular_image"] = comfy.output(node_of(modular, "CodeFormerPasteFaces"))
+    broken = copy.deepcopy(modular)   # two images in, faces of one: the paste node refuses
+    broken["90"] = {"class_type": "ImageBatch", "inputs": {"image1": ["1", 0], "image2": ["1", 0]}}
+    broken[node_of(broken, "CodeFormerPasteFaces")]["inputs"]["image"] = ["90", 0]
+    out["broken"] = comfy.run(broken, expect_error=True)
+    slider = copy.deepcopy(modular)
+    slider[node_of(slider, "CodeFormerRestoreFaces")]["inputs"]["w"] = 0.8
+    out["slider"] = comfy.run(slider)
+    weight = comfyui.base / "models" / "facerestore_models" / "codeformer.pth"
+    st = weight.stat()
+    os.utime(weight, ns=(st.st_atime_ns, st.st_mtime_ns + 10 ** 9))   # the file changed on disk
+    out["touched"] = comfy.run(slider)
+    out["simple_run"] = comfy.run(simple)
+    out["simple_result"] = [comfy.output(node_of(simple, "CodeFormerRestoreFacesAllInOne"), i) for i in range(3)]
+    return out
+
+
+def test_modular_and_all_in_one_agree(runs, astronaut_image):
+    modular, simple = runs["modular"], runs["simple"]
+    det = modular[node_of(modular, "CodeFormerDetectFaces")]["inputs"]
+    aio = simple[node_of(simple, "CodeFormerRestoreFacesAllInOne")]["inputs"]
+    res = modular[node_of(modular, "CodeFormerRestoreFaces")]["inputs"]
+    paste = modular[node_of(modular, "CodeFormerPasteFaces")]["inputs"]
     # The two example graphs are meant to be the same settings.
     assert (det["threshold"], det["selection"], res["w"], paste["visibility"]) == \
         (aio["threshold"], aio["selection"], aio["w"], aio["visibility"])
-    runs, ex = [], Executor()
-    for api in (modular, simple):
-        ex.saved.clear()
-        done, order = ex.run(api)
-        saves = [k for k, v in api.items() if v["class_type"] == "SaveImage"]
-        runs.append((ex.saved[saves[0]], done, order))
-    (a, done_m, order_m), (b, done_s, _) = runs
-    assert order_m.index("CodeFormerDetectFaces") < order_m.index("CodeFormerRestoreFaces") < \
-        order_m.index("CodeFormerPasteFaces")
-    face_count = next(done_s[k][2] for k, v in simple.items() if v["class_type"] == "CodeFormerRestoreFacesAllInOne")
+    order = [modular[k]["class_type"] for k in runs["first"][0]]
+    assert order.index("CodeFormerDetectFaces") < order.index("CodeFormerRestoreFaces") < \
+        order.index("CodeFormerPasteFaces")
+    a, (b, _, face_count) = runs["modular_image"], runs["simple_result"]
     assert face_count == 1
     assert a.shape == b.shape == (1, 256, 256, 3)
     assert (a - b).abs().max() < 1e-4
-    src = load_image(ROOT / "tests" / "data" / "astronaut.png")[0]
-    assert (a - src).abs().max() > 1e-3    # the face really changed
+    assert (a - astronaut_image).abs().max() > 1e-3    # the face really changed
+
+
+def test_a_node_error_is_reported_and_the_next_prompt_runs(runs):
+    error = runs["broken"]
+    assert error["node_type"] == "CodeFormerPasteFaces"
+    assert "connect the same image" in error["exception_message"] and error["exception_type"].endswith("InputError")
+    assert runs["slider"][0]     # the executor went on with the next prompt
+
+
+def test_moving_w_reruns_only_the_restore_step(runs):
+    modular = runs["modular"]
+    restore = node_of(modular, "CodeFormerRestoreFaces")
+    executed, cached = runs["slider"]
+    assert set(executed) == downstream(modular, restore)
+    for kind in ("LoadImage", "CodeFormerModelLoader", "CodeFormerFaceDetectorLoader", "CodeFormerDetectFaces"):
+        assert node_of(modular, kind) in cached, kind
+
+
+def test_changed_weight_file_is_reloaded(runs):
+    modular = runs["modular"]
+    loader = node_of(modular, "CodeFormerModelLoader")
+    executed, cached = runs["touched"]
+    assert set(executed) == downstream(modular, loader)       # detection is still cached
+    assert node_of(modular, "CodeFormerDetectFaces") in cached
+
+
+def test_all_in_one_reuses_the_loaded_models(runs):
+    simple = runs["simple"]
+    executed, cached = runs["simple_run"]
+    assert node_of(simple, "CodeFormerModelLoader") in cached and node_of(simple, "CodeFormerFaceDetectorLoader") in cached
+
+
+@pytest.mark.parametrize("node_type,name,value,message", [
+    ("CodeFormerRestoreFaces", "w", 1.5, "bigger than max"),
+    ("CodeFormerDetectFaces", "threshold", 0.0, "smaller than min"),
+    ("CodeFormerDetectFaces", "selection", "biggest", "selection 'biggest' is not one of all, largest"),
+    ("CodeFormerModelLoader", "model_name", "codeformer_v9.pth", "not in models/facerestore_models or models/codeformer"),
+    ("CodeFormerModelLoader", "dtype", "fp8", "dtype 'fp8' is not one of auto, fp32"),
+    ("CodeFormerFaceDetectorLoader", "parsing_model", "parsing_bisenet.pth", "is not an official file"),
+])
+def test_comfyui_refuses_bad_values_before_a_run(comfyui, infos, comfy_extras, node_type, name, value,
+                                                  message):
+    prompt = api_prompt("restore_faces_modular", infos)
+    node = node_of(prompt, node_type)
+    prompt[node]["inputs"][name] = value
+    _, _, runnable, node_errors = Comfy(comfyui).validate(prompt)
+    assert list(node_errors) == [node]
+    assert node_of(prompt, "SaveImage") not in runnable     # the result would not be made
+    text = json.dumps(node_errors[node]["errors"])
+    assert message in text and name in text
