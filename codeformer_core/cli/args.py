@@ -25,7 +25,7 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                             "default 0.5")
     else:
         p.set_defaults(fidelity=0.5)
-    p.set_defaults(mask=None)
+    p.set_defaults(mask=None, face_model=None)
     if task == "inpaint":
         p.add_argument("--mask", metavar="FILE", help="mask image of the input's size, white = hole; "
                        "default: pure white pixels of the input are the hole (as the original)")
@@ -62,8 +62,13 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--fps", type=float, default=None,
                    help="output video frame rate (default: the input's); frames are dropped or repeated "
                         "so the duration and audio sync are kept")
-    g.add_argument("--smooth", type=float, default=0.5, metavar="S",
-                   help="video landmark smoothing across frames against flicker, 0..1 (default 0.5, 0 = off)")
+    g.add_argument("--smooth", type=float, default=2.0, metavar="FRAMES",
+                   help="video: face landmarks smoothed over time against flicker, a Gaussian of FRAMES (sigma) "
+                        "centred on each frame along each face's track, so it does not lag behind moving faces "
+                        "(faces are detected in a first pass over the video); default 2, 0 = off")
+    g.add_argument("--smooth-online", type=float, default=0.0, metavar="S",
+                   help="video: one-pass exponential smoothing 0..1 instead of --smooth (lags behind moving "
+                        "faces by S/(1-S) frames; for when the video should be read once); default 0 = off")
     g.add_argument("--crf", type=int, default=None, help="video quality (x264 default 18, VP9 32; lower = better)")
     g.add_argument("--video-codec", default=None, help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
     g = p.add_argument_group("performance and models")
@@ -75,6 +80,11 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                    help="network precision (auto: fp16 on CUDA, fp32 elsewhere)")
     g.add_argument("--model", metavar="PATH", help="CodeFormer checkpoint to use instead of the registry file "
                    "(.pth or .safetensors)")
+    if task == "restore":
+        g.add_argument("--face-model", metavar="PATH",
+                       help="restore faces with another face model spandrel loads instead of CodeFormer: GFPGAN "
+                            "1.2-1.4, RestoreFormer (and CodeFormer with spandrel-extra-arches installed); "
+                            "-w applies to CodeFormer only. Needs spandrel")
     _models_option(g)
     g.add_argument("--no-download", action="store_true", help="never download; fail if a weight file is missing")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")

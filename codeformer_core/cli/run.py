@@ -34,15 +34,20 @@ class BoxRecorder:
 
     def detect(self, frames, **kwargs):
         dets = self.detector.detect(frames, **kwargs)
-        per = [[] for _ in range(int(frames.shape[0]))]
-        for box, fi in zip(dets.boxes.cpu().tolist(), dets.frame_index.cpu().tolist()):
-            per[fi].append(tuple(box))
-        self.boxes.extend(per)
+        self.boxes.extend(boxes_per_frame(dets))
         return dets
 
     def take(self) -> List[Boxes]:
         boxes, self.boxes = self.boxes, []
         return boxes
+
+
+def boxes_per_frame(dets) -> List[Boxes]:
+    """Each frame's face boxes (x1, y1, x2, y2) from Detections."""
+    per: List[Boxes] = [[] for _ in range(dets.num_frames)]
+    for box, fi in zip(dets.boxes.cpu().tolist(), dets.frame_index.cpu().tolist()):
+        per[fi].append(tuple(box))
+    return per
 
 
 # -- the processing context ------------------------------------------------------------------------
@@ -106,7 +111,10 @@ def weight_paths(args, task: str, out: Out) -> dict:
     """The weight files a run loads, fetched first when missing: ``model``, and unless
     --has-aligned ``detector``, ``parser`` (--parse) and ``bg`` (--bg-upsampler)."""
     a = args
-    paths = {"model": file_or_weight(a.model, a, out, "--model") if a.model else ensure(TASKS[task].weight, a, out)}
+    if a.face_model:
+        paths = {"model": file_or_weight(a.face_model, a, out, "--face-model")}
+    else:
+        paths = {"model": file_or_weight(a.model, a, out, "--model") if a.model else ensure(TASKS[task].weight, a, out)}
     if not a.has_aligned:
         paths["detector"] = ensure(a.detector, a, out)
         if a.parse:
@@ -135,8 +143,11 @@ def load(ctx: Context) -> None:
     paths = weight_paths(a, ctx.task, out)
     ckpt = paths["model"]
     out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
-    ctx.model = loader.load_model(ckpt, device=device, dtype=dtype)
-    check_variant(ctx.model, ctx.task, ckpt)
+    if a.face_model:
+        ctx.model = load_face_model(ckpt, device, dtype)
+    else:
+        ctx.model = loader.load_model(ckpt, device=device, dtype=dtype)
+        check_variant(ctx.model, ctx.task, ckpt)
     if not a.has_aligned:
         ctx.detector = detect.load_detector(paths["detector"], device=device)
         if a.draw_box:
@@ -157,8 +168,22 @@ def load(ctx: Context) -> None:
         ctx.mask = read_mask(a.mask)
 
 
-def restore(ctx: Context, frames, smoother=None, progress=None, mask=None):
-    """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None)."""
+def load_face_model(path: Path, device, dtype):
+    """--face-model: a spandrel face model (GFPGAN, RestoreFormer ...), errors worded for the option."""
+    from ..errors import NotAFaceModelError
+    from ..models.face_model import load_face_model as load_file
+    try:
+        return load_file(path, device, dtype)
+    except MissingDependencyError:
+        raise UserError("--face-model needs spandrel: pip install spandrel") from None
+    except NotAFaceModelError as e:
+        hint = "; use it with --bg-upsampler" if e.purpose == "SR" else ""
+        raise NotAFaceModelError(e.name, e.architecture, e.purpose, e.scale, f"--face-model: {e}{hint}") from None
+
+
+def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detections=None):
+    """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None).
+    ``detections``: the frames' faces from the first pass of a video (zero-lag smoothing)."""
     import torch
     from .. import pipeline
     a = ctx.args
@@ -166,10 +191,12 @@ def restore(ctx: Context, frames, smoother=None, progress=None, mask=None):
     res = pipeline.restore_images(
         frames, ctx.model, ctx.detector, w=a.fidelity, task=ctx.task, upscale=ctx.upscale,
         parser=ctx.parser, background_upscaler=ctx.bg, face_upscaler=ctx.face_up,
-        inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother,
+        inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother, detections=detections,
         color_match=a.color_match, frames_per_chunk=max(1, a.frames_per_chunk),
         batch_size=max(1, a.batch_size), progress=progress, **ctx.detect_kwargs())
     boxes = ctx.detector.take() if isinstance(ctx.detector, BoxRecorder) else None
+    if detections is not None and a.draw_box:
+        boxes = boxes_per_frame(detections)
     return res, boxes
 
 
@@ -208,6 +235,26 @@ def process_image(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
 
 
 # -- videos -------------------------------------------------------------------------------------
+def detect_video(ctx: Context, src: Path, frames: int):
+    """First pass of zero-lag smoothing (--smooth): every frame's faces, smoothed along each face's
+    track. Only the detections are kept, so memory stays flat whatever the length."""
+    from ..io.video import VideoReader
+    from ..pipeline import detect_clip
+    a = ctx.args
+    detector = ctx.detector.detector if isinstance(ctx.detector, BoxRecorder) else ctx.detector
+    bar = progress_bar(total=frames, desc=f"{src.name} detect", unit="frame", quiet=ctx.out.quiet, leave=False)
+
+    def progress(done, total):
+        bar.total, bar.n = total, done
+        bar.refresh()
+    try:
+        with VideoReader(src) as reader:
+            return detect_clip(reader.chunks(max(1, a.frames_per_chunk)), detector, a.smooth, progress=progress,
+                               total=frames, **ctx.detect_kwargs())
+    finally:
+        bar.close()
+
+
 def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
     import numpy as np
     from ..faces.draw import draw_boxes
@@ -224,9 +271,11 @@ def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
         fps_out = Fraction(a.fps).limit_denominator(100000) if a.fps else info.fps
         s = ctx.upscale
         ow, oh = int(info.width * s), int(info.height * s)
-        smoother = None
-        if a.smooth > 0 and not a.has_aligned:
-            smoother = LandmarkSmoother(strength=a.smooth)
+        smoother = found = None
+        if a.smooth_online > 0 and not a.has_aligned:
+            smoother = LandmarkSmoother(strength=a.smooth_online)
+        elif a.smooth > 0 and not a.has_aligned:
+            found = detect_video(ctx, src, info.frames)
         with VideoWriter(dest, ow, oh, fps_out, audio_from=src if info.has_audio else None,
                          codec=a.video_codec, crf=a.crf) as writer:
             if (ow, oh) != (writer.width, writer.height):
@@ -239,12 +288,13 @@ def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
                     n = len(chunk)
                     counts = retime_counts(index, n, info.fps, fps_out) if a.fps else [1] * n
                     keep = [i for i, c in enumerate(counts) if c > 0]
-                    index += n
+                    first, index = index, index + n
                     bar.update(n)
                     if not keep:
                         continue
-                    res, boxes = restore(ctx, chunk[keep] if len(keep) < n else chunk,
-                                         smoother=smoother, mask=ctx.mask)
+                    res, boxes = restore(ctx, chunk[keep] if len(keep) < n else chunk, smoother=smoother,
+                                         mask=ctx.mask, detections=None if found is None else
+                                         found.take_frames([first + i for i in keep]))
                     imgs = res.images
                     if boxes:
                         for k, b in enumerate(boxes):
@@ -339,8 +389,12 @@ def check_settings(args, task: str) -> None:
         raise UserError("-s/--upscale must be in (0, 16]")
     if not 0 <= args.fidelity <= 1:
         raise UserError("-w/--fidelity must be in [0, 1]")
-    if not 0 <= args.smooth < 1:
-        raise UserError("--smooth must be in [0, 1)")
+    if not 0 <= args.smooth <= 100:
+        raise UserError("--smooth must be in [0, 100] frames")
+    if not 0 <= args.smooth_online < 1:
+        raise UserError("--smooth-online must be in [0, 1)")
+    if args.face_model and args.model:
+        raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 
 
 def run_task(args, task: str) -> int:
