@@ -15,18 +15,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .chunks import run_in_chunks
+from .chunks import DEFAULT_MEMORY_BUDGET, chunk_size_for, run_in_chunks
 from .errors import WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
 from .faces.detect import Detections, FaceDetector
-from .faces.paste import paste_faces, parse_labels_to_masks, to_luminance
+from .faces.paste import parse_labels_to_masks, paste_bands, to_luminance
 from .faces.tracks import LandmarkSmoother, smooth_detections
 from .tasks import BY_VARIANT, TASKS
 
 Tensor = torch.Tensor
 Progress = Optional[Callable[[int, int], None]]
 Interrupt = Optional[Callable[[], None]]
+Sink = Callable[[int, int, Tensor, Tensor], None]   # (first frame, first row, images [n,r,Ws,3], mask [n,r,Ws])
 
 MODEL_SIZE = 512
 
@@ -50,18 +51,19 @@ def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
         raise ValueError(f"expected images [B,H,W,C], got shape {tuple(t.shape)}")
     if t.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {t.shape[-1]}")
-    if t.dtype == torch.uint8:
-        t = t.to(device=device, dtype=torch.float32) / 255.0
-    elif t.dtype in (torch.int16, torch.int32, torch.uint16) or str(t.dtype) == "torch.uint16":
-        t = t.to(device=device, dtype=torch.float32) / 65535.0
-    else:
-        t = t.to(device=device, dtype=torch.float32)
-        if t.numel() and not torch.isfinite(t).all():
-            raise ValueError("image contains NaN or infinite values; fix the node that produced it "
-                             "(for example a VAE decode in the wrong precision)")
+    scale = 255.0 if t.dtype == torch.uint8 else 65535.0 if t.dtype in (torch.int16, torch.int32, torch.uint16) \
+        or str(t.dtype) == "torch.uint16" else None
+    if scale is None and t.numel() and not torch.isfinite(t).all():
+        raise ValueError("image contains NaN or infinite values; fix the node that produced it "
+                         "(for example a VAE decode in the wrong precision)")
     c = t.shape[-1]
-    rgb = t[..., :1].expand(*t.shape[:-1], 3) if c <= 2 else t[..., :3]
-    return rgb.permute(0, 3, 1, 2).clamp(0, 1).contiguous()
+    rgb = (t[..., :1].expand(*t.shape[:-1], 3) if c <= 2 else t[..., :3]).permute(0, 3, 1, 2)
+    # One float32 copy in the [B,3,H,W] layout, then scaled and clamped in place (a large photo
+    # is 12 bytes a pixel; no second or third copy on the way).
+    x = rgb.to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format)
+    if scale is not None:
+        return x.div_(scale).clamp_(0, 1)
+    return x.clamp(0, 1) if x.data_ptr() == t.data_ptr() else x.clamp_(0, 1)
 
 
 def from_frames(frames: Tensor) -> Tensor:
@@ -238,8 +240,8 @@ def parse_masks_for(parser, crops: Tensor) -> Tensor:
 # -- all in one ---------------------------------------------------------------------------------
 @dataclass
 class RestoreResult:
-    images: Tensor                # [B,Hs,Ws,3] float32 0..1 (CPU)
-    mask: Tensor                  # [B,Hs,Ws] float32 share of each pixel taken from restored faces
+    images: Optional[Tensor]      # [B,Hs,Ws,3] float32 0..1 (CPU); None when a sink took the bands
+    mask: Optional[Tensor]        # [B,Hs,Ws] float32 share of each pixel taken from restored faces
     face_counts: List[int] = field(default_factory=list)  # faces found per frame
 
     @property
@@ -255,7 +257,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
                    smoother: Optional[LandmarkSmoother] = None, detections: Optional[Detections] = None,
                    frames_per_chunk: Optional[int] = None,
                    batch_size: int = 8, progress: Progress = None, check_interrupt: Interrupt = None,
-                   device=None, **detect_kwargs) -> RestoreResult:
+                   device=None, memory_budget: Optional[int] = None, sink: Optional[Sink] = None,
+                   **detect_kwargs) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
 
     ``images``: ComfyUI IMAGE [B,H,W,C] or any array ``to_frames`` accepts. Frames with no
@@ -265,7 +268,16 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
     ``detections``: the faces of all ``images`` found beforehand (``detect_clip``, e.g. smoothed
     over the clip); the detector is then not run.
-    ``frames_per_chunk`` None sizes chunks to the memory available on the device.
+    ``memory_budget`` (bytes; ``chunks.DEFAULT_MEMORY_BUDGET`` when None) is the working memory
+    of the call besides the networks' weights: it sizes the frame chunks (``frames_per_chunk``
+    None), caps the network batch (``batch_size`` is the most) and sets the height of the bands
+    the output is pasted in (``faces.paste.paste_bands``). Free memory is never looked at: on a
+    shared machine it is someone else's.
+    ``sink(first_frame, first_row, images [n,r,Ws,3], mask [n,r,Ws])`` (CPU float32) takes the
+    output band by band instead of it being collected, so a caller that writes files never holds
+    the whole float output; ``images`` and ``mask`` of the result are then None. A band may come
+    again when its chunk is retried after running out of memory.
+    Out of memory on a single frame raises ``NotEnoughMemoryError`` naming the frame and its size.
     """
     task = task or model_task(model)
     check_variant(model, task)
@@ -273,11 +285,22 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
         raise ValueError("a face detector is needed unless the images are already aligned faces")
     work_device = device or next(model.parameters()).device
     frames_all = to_frames(images)  # stays on the CPU; chunks move to the device
-    b = frames_all.shape[0]
+    b, _, height, width = frames_all.shape
     if b == 0:
         return RestoreResult(torch.zeros(0, *frames_all.shape[-2:], 3), torch.zeros(0, *frames_all.shape[-2:]), [])
+    out_h, out_w = int(height * upscale), int(width * upscale)
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     if frames_per_chunk is None:
-        frames_per_chunk = auto_frames_per_chunk(frames_all.shape[-2], frames_all.shape[-1], work_device, upscale)
+        frames_per_chunk = auto_frames_per_chunk(height, width, work_device, upscale, budget=budget,
+                                                 output_whole=False)
+    batch_size = min(int(batch_size), faces_per_batch(model, budget))
+    images_out = masks_out = None
+    if sink is None:  # collect: every band goes straight into the result, no per-chunk copies
+        images_out, masks_out = torch.empty(b, out_h, out_w, 3), torch.empty(b, out_h, out_w)
+
+        def sink(first: int, row0: int, rgb: Tensor, mask: Tensor) -> None:
+            images_out[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = rgb
+            masks_out[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = mask
     done_faces = 0  # faces finished in earlier chunks: the progress offset
 
     def chunk(start: int, stop: int):
@@ -298,41 +321,60 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
             faces = inpaint_faces(model, faces, masks, **run)
         parse = parse_masks_for(parser, faces.crops) if parser is not None and n_faces else None
         if has_aligned:
-            pasted, mask = _resize_aligned(faces, upscale)
+            bands = [(0, *_resize_aligned(faces, upscale))]
         else:
             restored = face_upscaler(faces.crops) if face_upscaler is not None and n_faces else None
-            pasted, mask = paste_faces(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
-                                       visibility=visibility, color_match=color_match,
-                                       background_upscaler=background_upscaler)
+            bands = paste_bands(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
+                                visibility=visibility, color_match=color_match,
+                                background_upscaler=background_upscaler,
+                                band_rows=band_rows_for(out_w, stop - start, budget))
+        for row0, pasted, mask in bands:
+            sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())
         done_faces += n_faces
-        return from_frames(pasted), mask[:, 0].float().cpu(), faces.counts_per_frame().tolist()
+        return faces.counts_per_frame().tolist()
 
-    parts = run_in_chunks(b, frames_per_chunk, chunk, device=work_device)
-    return RestoreResult(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]),
-                         [c for p in parts for c in p[2]])
+    def describe(i: int) -> str:
+        what = "the image" if b == 1 else f"frame {i + 1} of {b}"
+        size = f"{width}x{height} pixels" + (f", output {out_w}x{out_h}" if (out_h, out_w) != (height, width) else "")
+        return f"{what} ({size})"
+
+    parts = run_in_chunks(b, frames_per_chunk, chunk, device=work_device, describe=describe)
+    return RestoreResult(images_out, masks_out, [c for p in parts for c in p])
 
 
-def auto_frames_per_chunk(height: int, width: int, device, upscale: float = 1.0,
-                          max_frames: int = 64) -> int:
-    """Frames per chunk that fit in half the free memory of ``device``.
+# Working-memory rules of thumb (bytes), for sizing chunks against the budget.
+FRAME_COPIES = 4            # float copies of an input frame a chunk holds: frame, detector input, crops' share
+OUTPUT_COPIES = 6           # float copies of the output frame when it is pasted whole (out, mask, resize work)
+BAND_COPIES = 8             # float copies of a band of output rows while it is made (background resize, blend)
+FORWARD_BYTES_PER_FACE = 640 * 2 ** 20  # CodeFormer forward, one 512x512 face, float32 (measured ~630 MB on CPU)
 
-    A frame costs about 24 float32 copies of itself through the chunk (input, detector input,
-    background, output, masks, warp windows); the network batch is bounded separately.
+
+def auto_frames_per_chunk(height: int, width: int, device=None, upscale: float = 1.0,
+                          max_frames: int = 64, budget: Optional[int] = None, output_whole: bool = True) -> int:
+    """Frames per chunk within half of ``budget`` bytes (``chunks.DEFAULT_MEMORY_BUDGET`` when
+    None), whatever the device (kept as an argument for callers) has free.
+
+    A frame costs ``FRAME_COPIES`` float32 copies of itself, plus ``OUTPUT_COPIES`` of the
+    upscaled output when the chunk pastes it whole (``output_whole``; ``restore_images`` pastes
+    in bands, bounded by ``band_rows_for``); the network batch is bounded by ``faces_per_batch``.
     """
-    per_frame = height * width * 3 * 4 * 24 * max(1.0, float(upscale)) ** 2
-    device = torch.device(device)
-    free = None
-    if device.type == "cuda":
-        free = torch.cuda.mem_get_info(device)[0]
-    else:
-        try:
-            with open("/proc/meminfo") as f:
-                free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-        except (OSError, StopIteration):
-            pass
-    if free is None:
-        free = 8 * 2 ** 30
-    return int(max(1, min(max_frames, (free // 2) // max(1, per_frame))))
+    copies = FRAME_COPIES + (OUTPUT_COPIES * max(1.0, float(upscale)) ** 2 if output_whole else 0)
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    return chunk_size_for(height * width * 3 * 4 * copies, budget // 2, most=max_frames)
+
+
+def faces_per_batch(model, budget: Optional[int] = None) -> int:
+    """Faces per network batch whose forward fits in half of ``budget`` (at least one)."""
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    bytes_per_value = next(model.parameters()).element_size()
+    return chunk_size_for(FORWARD_BYTES_PER_FACE * bytes_per_value // 4, budget // 2)
+
+
+def band_rows_for(out_width: int, frames: int, budget: Optional[int] = None) -> int:
+    """Output rows per paste band for ``frames`` frames ``out_width`` wide, within a quarter of
+    ``budget``."""
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    return chunk_size_for(max(1, frames) * out_width * 3 * 4 * BAND_COPIES, budget // 4, most=1 << 30)
 
 
 def _chunk_masks(masks: Tensor, start: int, stop: int) -> Tensor:

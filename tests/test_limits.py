@@ -131,3 +131,124 @@ def test_chunk_size_for_budget():
     assert chunk_size_for(1, 2 ** 30, most=8) == 8
     assert chunk_size_for(DEFAULT_MEMORY_BUDGET // 4) == 4         # default budget, whatever is free
     assert math.isclose(DEFAULT_MEMORY_BUDGET, 2 * 2 ** 30)
+
+
+# ----------------------------------------------------------------------------- banded output
+class InvertNet(torch.nn.Module):
+    """Stands in for CodeFormer: the restored face is the inverted crop, so pasted faces show."""
+
+    def __init__(self, dtype=torch.float32):
+        super().__init__()
+        self.variant, self.calls = "restoration", []
+        self.anchor = torch.nn.Parameter(torch.zeros(1, dtype=dtype), requires_grad=False)
+
+    def forward(self, x, w=None, adain=None):
+        self.calls.append(int(x.shape[0]))
+        return -x
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Two 96x128 frames, two overlapping faces in frame 0 and one in frame 1 (known landmarks,
+    so no detector runs)."""
+    import numpy as np
+    from PIL import Image
+    from codeformer_core.faces.detect import Detections
+    rgb = np.asarray(Image.open(FACE_DATA / "astronaut_rgb.png").resize((128, 96), Image.BILINEAR))
+    frame = torch.from_numpy(rgb.copy()).float() / 255
+    frames = torch.stack([frame, frame.flip(1)])                                   # [2,96,128,3]
+    lm = torch.from_numpy(np.load(FACE_DATA / "retinaface_align_paste.npz")["landmarks"]).float()
+    lm = lm * torch.tensor([128 / 512, 96 / 512])
+    points = torch.stack([lm, lm + torch.tensor([9.0, 6.0]), lm])
+    lo, hi = points.amin(1), points.amax(1)
+    boxes = torch.cat([lo - 10, hi + 10], 1)
+    dets = Detections(boxes, torch.tensor([0.99, 0.95, 0.98]), points, torch.tensor([0, 0, 1]), 2, (96, 128))
+    return frames, dets
+
+
+@pytest.mark.parametrize("upscale", [1.0, 2.0, 1.5, 2.37])
+def test_banded_paste_equals_whole(scene, upscale):
+    from codeformer_core.faces.align import align_faces
+    from codeformer_core.faces.paste import paste_bands, paste_faces
+    from codeformer_core.pipeline import to_frames
+    frames, dets = scene
+    x = to_frames(frames)
+    faces = align_faces(x, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores, size=128)
+    restored = 1 - faces.crops
+    whole, whole_mask = paste_faces(x, faces, restored, upscale=upscale)
+    for band_rows in (1, 7):
+        bands = list(paste_bands(x, faces, restored, upscale=upscale, band_rows=band_rows))
+        assert len(bands) > 5 and [b[0] for b in bands] == sorted(b[0] for b in bands)
+        assert torch.equal(torch.cat([b[1] for b in bands], 2), whole)
+        assert torch.equal(torch.cat([b[2] for b in bands], 2), whole_mask)
+    assert whole_mask.amax() > 0.9   # faces were pasted
+
+
+def test_upscaler_bands_come_from_the_same_tiles():
+    import torch.nn.functional as F
+    from codeformer_core.faces.paste import paste_bands
+    from codeformer_core.faces.batch import FaceBatch
+    from codeformer_core.io.upscale import tiled
+
+    def run(t):  # context-dependent, like a network: each output pixel sees its neighbours
+        return F.interpolate(t, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+
+    frames = torch.rand(1, 3, 50, 37)
+    whole = tiled(run, frames, 2, 16, tile_pad=3)
+    bands = [tiled(run, frames, 2, 16, tile_pad=3, rows=(y, min(50, y + 16))) for y in range(0, 50, 16)]
+    assert torch.equal(torch.cat(bands, 2), whole)
+    with pytest.raises(ValueError, match="tile boundaries"):
+        tiled(run, frames, 2, 16, rows=(5, 21))
+
+    def upscaler(f):
+        return tiled(run, f, 2, 16, tile_pad=3)
+    upscaler.scale, upscaler.row_step = 2, 16
+    upscaler.rows = lambda f, y0, y1: tiled(run, f, 2, 16, tile_pad=3, rows=(y0, y1))
+    no_faces = FaceBatch.empty(1, (50, 37), 512, frames.device)
+    out = list(paste_bands(frames, no_faces, upscale=2, background_upscaler=upscaler, band_rows=20))
+    assert [b[0] for b in out] == [0, 32, 64, 96]                  # bands of 32 output rows (one tile row)
+    assert torch.equal(torch.cat([b[1] for b in out], 2), whole)
+
+
+def test_restore_images_in_tiny_bands_equals_one_band(scene):
+    from codeformer_core.pipeline import restore_images
+    frames, dets = scene
+    kw = dict(upscale=2.0, detections=dets, batch_size=8, frames_per_chunk=1)   # chunks alike: bands differ
+    one = restore_images(frames, InvertNet(), None, memory_budget=2 ** 34, **kw)
+    bands = []
+
+    def sink(first, row0, rgb, mask):
+        bands.append((first, row0, rgb.shape[0], rgb.shape[1]))
+        got[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = (rgb * 255 + 0.5).to(torch.uint8)
+
+    got = torch.zeros(2, 192, 256, 3, dtype=torch.uint8)
+    tiny = restore_images(frames, InvertNet(), None, memory_budget=200_000, sink=sink, **kw)
+    assert tiny.images is None and tiny.face_counts == one.face_counts == [2, 1]
+    assert len(bands) > 20 and {b[2] for b in bands} == {1}   # a few rows per band
+    assert torch.equal(got, (one.images * 255 + 0.5).to(torch.uint8))
+    collected = restore_images(frames, InvertNet(), None, memory_budget=200_000, **kw)
+    assert torch.equal(collected.images, one.images) and torch.equal(collected.mask, one.mask)
+
+
+def test_network_batch_within_the_budget(scene):
+    from codeformer_core.pipeline import FORWARD_BYTES_PER_FACE, faces_per_batch, restore_images
+    frames, dets = scene
+    net = InvertNet()
+    restore_images(frames, net, None, detections=dets, batch_size=8, frames_per_chunk=2, memory_budget=2 ** 31)
+    assert net.calls == [1, 1, 1]          # a float32 forward (~640 MB) in half of 2 GiB: one face at a time
+    net = InvertNet()
+    restore_images(frames, net, None, detections=dets, batch_size=2, frames_per_chunk=2, memory_budget=2 ** 34)
+    assert net.calls == [2, 1]             # the asked batch is the most
+    assert faces_per_batch(InvertNet(), 8 * FORWARD_BYTES_PER_FACE) == 4
+    assert faces_per_batch(InvertNet(torch.float16), 8 * FORWARD_BYTES_PER_FACE) == 8
+
+
+def test_frame_chunks_from_the_budget_not_free_memory(monkeypatch):
+    from codeformer_core import pipeline
+    # A 1080p frame: 4 float copies of 1920x1080x3 = 99.5 MB in half of 1 GiB -> 5 frames.
+    assert pipeline.auto_frames_per_chunk(1080, 1920, "cpu", budget=2 ** 30, output_whole=False) == 5
+    # Pasted whole at 2x, the output's copies count too: over the budget, still one frame.
+    assert pipeline.auto_frames_per_chunk(1080, 1920, "cpu", upscale=2, budget=2 ** 30) == 1
+    assert pipeline.auto_frames_per_chunk(64, 64, "cpu", budget=2 ** 30) == 64
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda *a: (1, 1))   # nothing free: not looked at
+    assert pipeline.auto_frames_per_chunk(1080, 1920, "cuda", budget=2 ** 30, output_whole=False) == 5

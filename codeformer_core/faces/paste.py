@@ -18,7 +18,7 @@ for output and selection (``order="given"`` composites in the batch's order inst
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Tuple, Union
+from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +27,9 @@ from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
                        row_chunks, translation, window_grid)
 
-__all__ = ["paste_faces", "paste_affines", "paste_order", "PASTE_ORDERS", "parse_labels_to_masks",
-           "resize_lanczos4", "resize_frames",
-           "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d", "to_luminance"]
+__all__ = ["paste_faces", "paste_bands", "paste_affines", "paste_order", "PASTE_ORDERS", "parse_labels_to_masks",
+           "resize_lanczos4", "resize_frames", "resize_row_step", "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d",
+           "to_luminance"]
 
 # facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (0 = dropped:
 # background, neck, cloth, hair, hat in the CelebAMask-HQ order).
@@ -174,51 +174,62 @@ def _lanczos4_weights(fx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return sx.long() - 3, wgt / wgt.sum(1, keepdim=True)
 
 
-def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int) -> torch.Tensor:
+def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Lanczos-4 along one axis of a 4-D tensor, like cv2.resize: output d samples the input
     at (d + 0.5) * in/out - 0.5, borders replicated.
 
     When in/out reduces to Q/P with a small P (2x, 1.5x, ...), output P*j + r always uses the
     same 8 weights on inputs Q*j + const: 8 scalar multiply-adds of strided slices per phase r,
     interleaved at the end. Other ratios gather 8 taps per output.
+
+    ``rows`` (dim 2 only): just outputs ``rows[0]:rows[1]``, reading only the input rows they
+    need; both ends multiples of ``resize_row_step`` (or ``out_n``), so every output row is
+    computed by the same operations as in the whole resize.
     """
     in_n = x.shape[dim]
+    o0, o1 = (0, out_n) if rows is None else (int(rows[0]), int(rows[1]))
     if in_n == out_n:
-        return x
+        return x if rows is None else x.narrow(dim, o0, o1 - o0)
     dev = x.device
     g = math.gcd(in_n, out_n)
     P, Q = out_n // g, in_n // g
     if P <= 16:
+        if o0 % P or (o1 % P and o1 != out_n):
+            raise ValueError(f"rows {o0}:{o1} are not on {P}-row phase boundaries")
+        j0, j1 = o0 // P, -(-o1 // P)                 # phase groups j: outputs P*j + r
         d = torch.arange(P, dtype=torch.float64)
         first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
-        lo = max(0, -int(first.min()))
-        hi = max(0, Q * (g - 1) + int(first.max()) + 7 - (in_n - 1))
+        a = int(first.min()) + Q * j0                 # first and last input row read
+        b = int(first.max()) + 7 + Q * (j1 - 1)
+        lo, hi = max(0, -a), max(0, b - (in_n - 1))
+        xs = x.narrow(dim, max(0, a), min(in_n - 1, b) + 1 - max(0, a))
         pad = (lo, hi, 0, 0) if dim == 3 else (0, 0, lo, hi)
-        xp = F.pad(x, pad, mode="replicate") if (lo or hi) else x
+        xp = F.pad(xs, pad, mode="replicate") if (lo or hi) else xs   # xp's index 0 is input row a
         phases = []
         for r in range(P):
             acc = None
             for k in range(8):
                 sl = [slice(None)] * 4
-                st = int(first[r]) + k + lo
-                sl[dim] = slice(st, st + Q * (g - 1) + 1, Q)
+                st = int(first[r]) + k + Q * j0 - a
+                sl[dim] = slice(st, st + Q * (j1 - j0 - 1) + 1, Q)
                 v = xp[tuple(sl)]
                 wk = float(wgt[r, k])
                 acc = v * wk if acc is None else acc.add_(v, alpha=wk)
             phases.append(acc)
         y = torch.stack(phases, dim + 1)
         shape = list(x.shape)
-        shape[dim] = out_n
+        shape[dim] = o1 - o0
         return y.reshape(shape)
     if dim == 3:  # work on rows: transpose, resize dim 2, transpose back
         return _lanczos4_axis(x.transpose(2, 3), 2, out_n).transpose(2, 3)
     # Blocked banded matmul: each block of 32 output rows reads a short run of input rows, so
     # one bmm of [blocks, 32, run] weights with the gathered runs does the whole axis.
-    d = torch.arange(out_n, dtype=torch.float64)
+    d = torch.arange(o0, o1, dtype=torch.float64)
+    n_out = o1 - o0
     first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
     bo = 32
-    nb = -(-out_n // bo)
-    pad_o = nb * bo - out_n
+    nb = -(-n_out // bo)
+    pad_o = nb * bo - n_out
     first = torch.cat([first, first[-1:].expand(pad_o)])
     wgt = torch.cat([wgt, torch.zeros(pad_o, 8, dtype=wgt.dtype)])
     fb = first.view(nb, bo)
@@ -227,32 +238,44 @@ def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int) -> torch.Tensor:
     cols = (fb - start[:, None])[..., None] + torch.arange(8)                 # [nb,bo,8]
     wb = torch.zeros(nb, bo, run, dtype=torch.float64)
     wb.scatter_add_(2, cols, wgt.view(nb, bo, 8))
-    rows = (start[:, None] + torch.arange(run)).clamp(0, in_n - 1)           # replicate border
+    rows_in = (start[:, None] + torch.arange(run)).clamp(0, in_n - 1)        # replicate border
     B, C, _, W = x.shape
     xr = x.permute(2, 0, 1, 3).reshape(in_n, B * C * W)
-    xb = xr.index_select(0, rows.flatten().to(dev)).view(nb, run, B * C * W)
+    xb = xr.index_select(0, rows_in.flatten().to(dev)).view(nb, run, B * C * W)
     y = torch.bmm(wb.to(device=dev, dtype=x.dtype), xb)                      # [nb,bo,N]
-    y = y.view(nb * bo, B, C, W)[:out_n]
+    y = y.view(nb * bo, B, C, W)[:n_out]
     return y.permute(1, 2, 0, 3)
 
 
-def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+def resize_row_step(in_h: int, out_h: int) -> int:
+    """Row bands of a resize from ``in_h`` to ``out_h`` rows must start at multiples of this for
+    ``resize_frames(..., rows=...)`` to compute each row exactly as the whole resize does."""
+    if out_h <= in_h:
+        return 1
+    p = out_h // math.gcd(in_h, out_h)
+    return p if p <= 16 else 32
+
+
+def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Lanczos-4 resize of [B,C,H,W] float like cv2.resize(INTER_LANCZOS4), clamped to 0..1
-    (the reference resizes uint8, which saturates)."""
+    (the reference resizes uint8, which saturates). ``rows``: only those output rows."""
     xf = x.to(torch.float32) if x.dtype not in (torch.float32, torch.float64) else x
-    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h), 3, out_w)
+    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h, rows), 3, out_w)
     return y.clamp_(0.0, 1.0).to(x.dtype).contiguous()
 
 
-def resize_frames(x: torch.Tensor, out_h: int, out_w: int) -> torch.Tensor:
+def resize_frames(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Background resize: Lanczos-4 (the reference) when enlarging; antialiased bicubic when
-    shrinking, where the reference's Lanczos-4 would alias."""
+    shrinking, where the reference's Lanczos-4 would alias. ``rows`` (r0, r1): only those output
+    rows, reading only the input rows they need when enlarging (r0 and r1 multiples of
+    ``resize_row_step``, or r1 = ``out_h``); a shrink is computed whole and cut."""
     if x.shape[-2:] == (out_h, out_w):
-        return x
+        return x if rows is None else x[:, :, rows[0]:rows[1]]
     if out_h >= x.shape[-2] and out_w >= x.shape[-1]:
-        return resize_lanczos4(x, out_h, out_w)
+        return resize_lanczos4(x, out_h, out_w, rows)
     y = F.interpolate(x.to(torch.float32), size=(out_h, out_w), mode="bicubic",
                       align_corners=False, antialias=True)
+    y = y if rows is None else y[:, :, rows[0]:rows[1]]
     return y.clamp_(0.0, 1.0).to(x.dtype)
 
 
@@ -373,10 +396,33 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     per-channel mean/std (inside the parse mask or a central face ellipse) to the restored one.
     The returned mask is the union of the soft masks, 1 - prod(1 - soft_i): the share of each
     output pixel that comes from restored faces. ``order``: see ``paste_order``.
+
+    ``paste_bands`` gives the same result in bands of rows, without the whole output in memory.
+    """
+    (_, out, mask_out), = paste_bands(frames, faces, restored, upscale, background=background,
+                                      background_upscaler=background_upscaler, parse_masks=parse_masks,
+                                      visibility=visibility, color_match=color_match, feather=feather,
+                                      keep_gray=keep_gray, order=order)
+    return out, mask_out
+
+
+def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
+                upscale: float = 1.0, *, band_rows: Optional[int] = None, background: Optional[torch.Tensor] = None,
+                background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+                **face_options) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """``paste_faces`` in bands of about ``band_rows`` output rows (None: one band of all rows):
+    yields (first row, frames [B,3,r,Ws], mask [B,1,r,Ws]) band after band, top to bottom.
+
+    The faces' warped layers are made once; each band holds only its rows of the background
+    (the resize reads only the input rows it needs; an upscaler with ``rows`` runs only the
+    tiles it needs) and composites the parts of the faces that fall in it, so every pixel is
+    what ``paste_faces`` gives (the band height is rounded up to the resize's row step). A
+    background given as a tensor, a shrinking resize, or an upscaler whose scale is not the
+    output's is computed whole once and handed out band by band. ``face_options``: the other
+    options of ``paste_faces`` (parse_masks, visibility, color_match, feather, keep_gray, order).
     """
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
-    dev = frames.device
     B, _, H, W = frames.shape
     if B != faces.num_frames:
         raise ValueError(f"faces were aligned on {faces.num_frames} frames, got {B}")
@@ -388,28 +434,56 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     Hs, Ws = int(H * s), int(W * s)
     if not frames.is_floating_point():
         raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
-    out_dtype = frames.dtype
+    background_rows, step = _background_source(frames, Hs, Ws, background, background_upscaler)
+    layers = _face_layers(frames, faces, restored, s, Hs, Ws, **face_options) if len(faces) else None
+    step = Hs if not band_rows else max(step, -(-int(band_rows) // step) * step)
+    for r0 in range(0, Hs, step):
+        r1 = min(Hs, r0 + step)
+        out = background_rows(r0, r1)
+        mask_out = torch.zeros(B, 1, r1 - r0, Ws, dtype=torch.float32, device=frames.device)
+        if layers is not None:
+            _composite(out, mask_out, r0, layers)
+        yield r0, out, mask_out
 
-    # ---- background
+
+def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optional[torch.Tensor],
+                       upscaler) -> Tuple[Callable[[int, int], torch.Tensor], int]:
+    """(rows(r0, r1) -> fresh [B,3,r1-r0,Ws] background rows the caller may write into, the row
+    step bands must keep)."""
+    dev, out_dtype = frames.device, frames.dtype
+    B, _, H, W = frames.shape
+    whole = None
     if background is not None:
         bg = background.to(device=dev, dtype=out_dtype)
         if bg.shape[0] != B or bg.shape[1] != 3:
             raise ValueError(f"background must be [B,3,Hs,Ws], got {tuple(bg.shape)}")
-        out = resize_frames(bg, Hs, Ws)
-    elif (Hs, Ws) == (H, W):
-        out = frames.to(out_dtype)
-    elif background_upscaler is not None:
-        out = resize_frames(background_upscaler(frames).to(device=dev, dtype=out_dtype), Hs, Ws)
-    else:
-        out = resize_frames(frames.to(out_dtype), Hs, Ws)
-    if _shares_memory(out, frames) or (background is not None and _shares_memory(out, background)):
-        out = out.clone(memory_format=torch.contiguous_format)  # never write into the caller's
-    out = out.contiguous()
-    mask_out = torch.zeros(B, 1, Hs, Ws, dtype=torch.float32, device=dev)
-    n = len(faces)
-    if n == 0:
-        return out, mask_out
+        whole = resize_frames(bg, Hs, Ws)
+    elif (Hs, Ws) != (H, W) and upscaler is not None:
+        scale, tile = getattr(upscaler, "scale", None), getattr(upscaler, "row_step", 0)
+        if getattr(upscaler, "rows", None) is not None and tile and (H * scale, W * scale) == (Hs, Ws):
+            return (lambda r0, r1: upscaler.rows(frames, r0 // scale, r1 // scale).to(dev, out_dtype)), tile * scale
+        whole = resize_frames(upscaler(frames).to(device=dev, dtype=out_dtype), Hs, Ws)
+    if whole is not None:
+        owned = not (_shares_memory(whole, frames) or (background is not None and _shares_memory(whole, background)))
+        return (lambda r0, r1: whole[:, :, r0:r1] if owned and (r0, r1) == (0, Hs)
+                else whole[:, :, r0:r1].clone(memory_format=torch.contiguous_format)), 1
+    src = frames.to(out_dtype)
+    if (Hs, Ws) == (H, W):  # the input's own rows are the caller's memory: copied, never written into
+        return (lambda r0, r1: src[:, :, r0:r1].clone(memory_format=torch.contiguous_format)), 1
+    if Hs >= H and Ws >= W:  # enlarging: each band reads only the input rows it needs
+        return (lambda r0, r1: resize_frames(src, Hs, Ws, rows=(r0, r1))), resize_row_step(H, Hs)
+    whole = resize_frames(src, Hs, Ws)
+    return (lambda r0, r1: whole if (r0, r1) == (0, Hs) else whole[:, :, r0:r1].clone()), 1
 
+
+def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor], s: float,
+                 Hs: int, Ws: int, parse_masks: Optional[torch.Tensor] = None,
+                 visibility: Union[float, torch.Tensor] = 1.0, color_match: bool = False,
+                 feather: Optional[int] = None, keep_gray: bool = True, order: str = "score") -> dict:
+    """Each face warped into its window of the output: the pasted pixels, the soft blend weight,
+    the window's place, and the composite order."""
+    dev = frames.device
+    n = len(faces)
     # ---- crops to paste (crop space): gray / colour handling happen before warping
     rest = faces.crops if restored is None else restored
     if rest.shape[0] != n:
@@ -482,16 +556,26 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     if not bool((vis == 1).all()):
         soft = soft * vis.view(n, 1, 1, 1)
 
-    # ---- composite in paste order, in place on each face's window
-    pasted = pasted.to(out.dtype)
+    return dict(pasted=pasted, soft=soft, top=y0.tolist(), left=x0.tolist(), h=h, w=w,
+                frame=faces.frame_index.tolist(), order=paste_order(faces, order))
+
+
+def _composite(out: torch.Tensor, mask_out: torch.Tensor, row0: int, layers: dict) -> None:
+    """Blend the faces' layers, in paste order, into output rows ``row0 ..`` held by ``out``
+    [B,3,r,Ws] and ``mask_out`` [B,1,r,Ws], in place."""
+    h, w = layers["h"], layers["w"]
+    pasted = layers["pasted"].to(out.dtype)
+    soft = layers["soft"]
     soft_o = soft.to(out.dtype)
-    ones = torch.ones((), device=dev, dtype=torch.float32).expand(1, h, w)
-    chunks = row_chunks(h, 3 * w, dev)
-    frame_of, top, left = faces.frame_index.tolist(), y0.tolist(), x0.tolist()
-    for i in paste_order(faces, order):
-        b, y, x = frame_of[i], top[i], left[i]
-        for r0, r1 in chunks:
+    ones = torch.ones((), device=out.device, dtype=torch.float32).expand(1, h, w)
+    band = out.shape[2]
+    chunks = row_chunks(h, 3 * w, out.device)
+    for i in layers["order"]:
+        b, y, x = layers["frame"][i], layers["top"][i] - row0, layers["left"][i]
+        for r0, r1 in chunks:      # window rows; only those inside the band
+            r0, r1 = max(r0, -y), min(r1, band - y)
+            if r0 >= r1:
+                continue
             out[b, :, y + r0:y + r1, x:x + w].lerp_(pasted[i, :, r0:r1], soft_o[i, :, r0:r1])
             # union 1 - (1 - m)(1 - soft) = lerp(m, 1, soft)
             mask_out[b, :, y + r0:y + r1, x:x + w].lerp_(ones[:, r0:r1], soft[i, :, r0:r1])
-    return out, mask_out
