@@ -15,7 +15,8 @@ from .all_in_one import CodeFormerRestoreFacesAllInOne
 from .faces import CodeFormerCropsToImage, CodeFormerDetectFaces, CodeFormerImageToCrops
 from .loaders import CodeFormerFaceDetectorLoader, CodeFormerModelLoader
 from .paste import CodeFormerPasteFaces
-from .restore import CodeFormerColorizeFaces, CodeFormerInpaintFaces, CodeFormerRestoreFaces
+from .restore import (CodeFormerColorizeFaces, CodeFormerInpaintFaces, CodeFormerRestoreFaces,
+                      CodeFormerRestoreFacesWithModel)
 
 # Node ids (schema node_id) are stable: saved workflows refer to them. Display names may change.
 NODES: List[Type[io.ComfyNode]] = [
@@ -29,6 +30,7 @@ NODES: List[Type[io.ComfyNode]] = [
     CodeFormerCropsToImage,
     CodeFormerImageToCrops,
     CodeFormerRestoreFacesAllInOne,
+    CodeFormerRestoreFacesWithModel,
 ]
 
 

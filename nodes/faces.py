@@ -44,9 +44,11 @@ class CodeFormerDetectFaces(io.ComfyNode):
                 io.Int.Input("resolution", default=640, min=0, max=4096, step=32,
                              tooltip="Short side the frames are resized to for detection. 0 = original size. "
                                      "Larger finds small faces, slower."),
-                io.Float.Input("smoothing", default=0.0, min=0.0, max=0.95, step=0.05,
-                               tooltip="Temporal smoothing of face landmarks across consecutive frames (video) "
-                                       "to reduce flicker. 0 = off."),
+                io.Float.Input("smoothing", default=0.0, min=0.0, max=10.0, step=0.5,
+                               tooltip="Video frames: steadier faces, less flicker. Each face's landmarks are "
+                                       "smoothed along its track over time with a centred Gaussian of this many "
+                                       "frames (sigma), so the face does not lag behind when it moves (the "
+                                       "whole batch is searched first). 0 = off; 2 is a good start."),
             ],
             outputs=[
                 Faces.Output(display_name="faces", tooltip="The detected faces: aligned crops plus what is "
@@ -69,20 +71,28 @@ class CodeFormerDetectFaces(io.ComfyNode):
                 max_faces=0, resolution=640, smoothing=0.0) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         b, _, h, w = frames.shape
-        smoother = pipeline.LandmarkSmoother(float(smoothing)) if smoothing > 0 else None
         detect_kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by,
                              index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None)
-        bar = bridge.progress_bar(b)
+        sigma = float(smoothing)
+        done = b if sigma > 0 else 0     # the progress bar counts the first pass too
+        bar = bridge.progress_bar(b + done)
         with bridge.on_compute_device([face_detector.detector.net],
                                       FRAME_WORK_BYTES * frames[0].numel()) as device:
+            size = frames_per_chunk(frames, device)
+            found = None
+            if sigma > 0:   # first pass: every frame's faces, smoothed along each face's track (zero lag)
+                found = pipeline.detect_clip((image[s:s + size] for s in range(0, b, size)), face_detector.detector,
+                                             sigma, check_interrupt=bridge.check_interrupt,
+                                             progress=lambda d, _t: bar(d), **detect_kwargs)
+
             def detect_chunk(start: int, stop: int):
                 chunk = frames[start:stop].to(device)
-                faces = pipeline.detect_faces(chunk, face_detector.detector, smoother=smoother, **detect_kwargs)
+                faces = pipeline.detect_faces(chunk, face_detector.detector, **detect_kwargs, detections=None
+                                              if found is None else found.take_frames(range(start, stop)))
                 _, mask = paste_faces(chunk, faces)
-                bar(stop, b)
+                bar(done + stop, b + done)
                 return faces.to("cpu"), mask[:, 0].float().cpu()
-            parts = run_in_chunks(b, frames_per_chunk(frames, device), detect_chunk, device=device,
-                                  check_interrupt=bridge.check_interrupt)
+            parts = run_in_chunks(b, size, detect_chunk, device=device, check_interrupt=bridge.check_interrupt)
         if not parts:   # an empty image batch
             faces, mask = FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
         else:

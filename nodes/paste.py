@@ -41,6 +41,10 @@ class CodeFormerPasteFaces(io.ComfyNode):
                 io.UpscaleModel.Input("upscale_model", optional=True,
                                       tooltip="Optional model from 'Load Upscale Model' for the background when "
                                               "upscale > 1."),
+                io.Boolean.Input("upscale_faces", default=False, optional=True,
+                                 tooltip="Also enlarge the restored faces with 'upscale_model' before pasting "
+                                         "them (sharper faces in an upscaled image; the original's "
+                                         "--face_upsample). Needs upscale_model."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with the faces pasted back (size x "
@@ -52,7 +56,7 @@ class CodeFormerPasteFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, faces, visibility=1.0, use_parsing=True, color_match=False, feather=0,
-                upscale=1.0, upscale_model=None) -> io.NodeOutput:
+                upscale=1.0, upscale_model=None, upscale_faces=False) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         if frames.shape[0] != faces.num_frames or tuple(frames.shape[-2:]) != tuple(faces.frame_size):
             raise InputError(f"the faces were found in {faces.num_frames} image(s) of {faces.frame_size[1]}x"
@@ -65,6 +69,9 @@ class CodeFormerPasteFaces(io.ComfyNode):
         if use_parsing and parser is None and len(faces):
             raise InputError("use_parsing is on but no parsing model was loaded: choose parsing_parsenet.pth in "
                              "'Load Face Detector (CodeFormer)', or turn use_parsing off")
+        if upscale_faces and upscale_model is None:
+            raise InputError("upscale_faces enlarges the faces with the upscale model: connect one from 'Load "
+                             "Upscale Model' to upscale_model, or turn upscale_faces off")
         upscaler = bridge.upscale_with_model(upscale_model) if upscale_model is not None else None
         b, upscale = frames.shape[0], float(upscale)
         bar = bridge.progress_bar(b)
@@ -72,8 +79,9 @@ class CodeFormerPasteFaces(io.ComfyNode):
             def paste_chunk(start: int, stop: int):
                 part = faces.frame_range(start, stop).to(device)
                 parse = pipeline.parse_masks_for(parser, part.crops) if parser is not None and len(part) else None
-                out, mask = paste_faces(frames[start:stop].to(device), part, upscale=upscale, parse_masks=parse,
-                                        visibility=float(visibility), color_match=bool(color_match),
+                restored = upscaler(part.crops) if upscale_faces and len(part) else None
+                out, mask = paste_faces(frames[start:stop].to(device), part, restored, upscale=upscale,
+                                        parse_masks=parse, visibility=float(visibility), color_match=bool(color_match),
                                         feather=int(feather) or None, background_upscaler=upscaler)
                 bar(stop, b)
                 return pipeline.from_frames(out), mask[:, 0].float().cpu()

@@ -7,8 +7,9 @@ from typing import Callable
 from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
-from ..codeformer_core.errors import InputError, WrongVariantError
+from ..codeformer_core.errors import InputError, NotAFaceModelError, WrongVariantError
 from ..codeformer_core.faces.batch import FaceBatch
+from ..codeformer_core.models.face_model import FaceModel
 from ..codeformer_core.tasks import BY_VARIANT, TASKS
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
@@ -24,6 +25,7 @@ class FaceStepNode(io.ComfyNode):
     Each step names its task, node id, texts and extra inputs, and runs its core function in ``execute``."""
 
     TASK = NODE_ID = DISPLAY_NAME = ABOUT = MODEL_TIP = ""
+    MODEL_SOCKET = CodeFormerModel
 
     @classmethod
     def extra_inputs(cls) -> list:
@@ -33,7 +35,7 @@ class FaceStepNode(io.ComfyNode):
     def define_schema(cls) -> io.Schema:
         return io.Schema(
             node_id=cls.NODE_ID, display_name=cls.DISPLAY_NAME, category=CATEGORY, description=cls.ABOUT,
-            inputs=[CodeFormerModel.Input("model", tooltip=cls.MODEL_TIP),
+            inputs=[cls.MODEL_SOCKET.Input("model", tooltip=cls.MODEL_TIP),
                     Faces.Input("faces", tooltip=FACES_INPUT_TIP), *cls.extra_inputs()],
             outputs=[Faces.Output(display_name="faces", tooltip=FACES_OUTPUT_TIP),
                      io.Image.Output(display_name="crops", tooltip=CROPS_OUTPUT_TIP)],
@@ -109,6 +111,28 @@ class CodeFormerInpaintFaces(FaceStepNode):
         if mask is not None:
             mask = mask_for_faces(mask, faces)
         return cls.run_on_faces(model, faces, lambda **kw: pipeline.inpaint_faces(model, faces, mask, **kw))
+
+
+class CodeFormerRestoreFacesWithModel(FaceStepNode):
+    TASK, NODE_ID = "restore", "CodeFormerRestoreFacesWithModel"
+    DISPLAY_NAME = "Restore Faces with Face Model (CodeFormer)"
+    ABOUT = ("Restores the face crops with another face-restoration model loaded by 'Load Upscale Model': "
+             "GFPGAN (v1.2-1.4), RestoreFormer, or CodeFormer where spandrel-extra-arches is installed. Same "
+             "faces in and out as 'CodeFormer Restore Faces', so detection and paste-back stay the same.")
+    MODEL_TIP = ("A face model from 'Load Upscale Model' (e.g. GFPGANv1.4.pth or RestoreFormer.pth in "
+                 "models/upscale_models). An ordinary upscaler is refused.")
+    MODEL_SOCKET = io.UpscaleModel
+
+    @classmethod
+    def execute(cls, model, faces) -> io.NodeOutput:
+        try:
+            face_model = FaceModel(model, name="the connected model")
+        except NotAFaceModelError as e:
+            raise NotAFaceModelError(e.name, e.architecture, e.purpose, e.scale,
+                                     f"{e}; connect a face model (GFPGANv1.4.pth, RestoreFormer.pth) here, and "
+                                     f"an upscaler to the upscale_model input of 'Paste Faces Back "
+                                     f"(CodeFormer)'") from None
+        return cls.run_on_faces(face_model, faces, lambda **kw: pipeline.restore_faces(face_model, faces, **kw))
 
 
 def mask_for_faces(mask, faces: FaceBatch):

@@ -29,7 +29,8 @@ FACE = DATA / "face_golden"
 COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", ROOT / ".comfyui" / "ComfyUI-0.3.64"))
 NODE_IDS = ("CodeFormerModelLoader", "CodeFormerFaceDetectorLoader", "CodeFormerDetectFaces",
             "CodeFormerRestoreFaces", "CodeFormerColorizeFaces", "CodeFormerInpaintFaces", "CodeFormerPasteFaces",
-            "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne")
+            "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne",
+            "CodeFormerRestoreFacesWithModel")
 
 
 def save_weights(sd, path: Path, nest: bool) -> None:
@@ -101,6 +102,13 @@ def run_node(cls, **inputs) -> tuple:
     """One node run through its V3 entry point as ComfyUI's executor calls it (a per-run class clone,
     ``EXECUTE_NORMALIZED``); the outputs as a tuple."""
     return tuple(cls.PREPARE_CLASS_CLONE({}).EXECUTE_NORMALIZED(**inputs).args)
+
+
+def load_comfy_extras(comfyui, extras_file: str) -> bool:
+    """Loads one of ComfyUI's own comfy_extras node files (e.g. nodes_upscale_model.py), as ComfyUI
+    does at start."""
+    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", extras_file)
+    return asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
 
 
 @pytest.fixture

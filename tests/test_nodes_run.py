@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node_fixtures import run_node
+from node_fixtures import load_comfy_extras, run_node
 
 DETECT = dict(threshold=0.7, selection="largest", sort_by="area", index=0, max_faces=0, resolution=640,
               smoothing=0.0)
@@ -132,7 +132,7 @@ def test_paste_upscale_model_goes_through_comfy(N, comfyui, detected, batch):
     torch.manual_seed(0)
     net = Compact(num_in_ch=3, num_out_ch=3, num_feat=8, num_conv=2, upscale=2)
     torch.save(net.state_dict(), comfyui.base / "models" / "upscale_models" / "tiny_x2.pth")
-    assert asyncio_load(comfyui, "nodes_upscale_model.py")
+    assert load_comfy_extras(comfyui, "nodes_upscale_model.py")
     extras = comfyui.nodes.NODE_CLASS_MAPPINGS
     (up,) = run_node(extras["UpscaleModelLoader"], model_name="tiny_x2.pth")
     image, mask = run_node(N["CodeFormerPasteFaces"], image=batch, faces=detected[0], visibility=1.0,
@@ -140,14 +140,6 @@ def test_paste_upscale_model_goes_through_comfy(N, comfyui, detected, batch):
     assert image.shape == (2, 512, 512, 3) and mask.shape == (2, 512, 512)
     (background,) = run_node(extras["ImageUpscaleWithModel"], upscale_model=up, image=batch[1:])
     assert torch.allclose(image[1], background[0], atol=1e-5)    # the no-face frame is the model's output
-
-
-def asyncio_load(comfyui, extras_file: str) -> bool:
-    """Loads one of ComfyUI's own comfy_extras node files, as ComfyUI does at start."""
-    import asyncio
-    import os
-    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", extras_file)
-    return asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
 
 
 def test_paste_parsing_without_parser_is_an_error(N, detected, batch):

@@ -105,6 +105,9 @@ class FaceModel:
     def parameters(self):
         return self.descriptor.model.parameters()
 
+    def buffers(self):
+        return self.descriptor.model.buffers()
+
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
