@@ -268,7 +268,7 @@ def upscale(info):
     g.link(up, "IMAGE", s, "images")
     return g.finish("restore_then_upscale", "Restores the faces, then upscales the whole image 2x with an "
                     "ESRGAN-type model.",
-                    weights_line(RESTORE_WEIGHTS, FACE_WEIGHTS, "RealESRGAN_x2plus.pth in models/upscale_models"))
+                    weights_line("RealESRGAN_x2plus.pth in models/upscale_models", RESTORE_WEIGHTS, FACE_WEIGHTS))
 
 
 def video(info):
