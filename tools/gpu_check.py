@@ -535,7 +535,8 @@ def section_compile(run: Run, args):
     SCRATCH.mkdir(parents=True, exist_ok=True)
     lines.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--sections", "compile_worker", "--device", args.device, "--out", str(run.out),
-           "--compile-out", str(lines), "--compile-backend", args.compile_backend, "--compile-layouts", json.dumps({k: v[0] for k, v in layouts.items()})]
+           "--compile-out", str(lines), "--compile-backend", args.compile_backend,
+           "--compile-layouts", json.dumps({k: v[0] for k, v in layouts.items()})]
     if args.quick:
         cmd.append("--quick")
     try:
@@ -552,7 +553,8 @@ def section_compile(run: Run, args):
     rows = [(r["dtype"], "on" if r["channels_last"] else "off", r["batch"], f"{r['compile_s']:.0f}",
              fmt(r.get("faces_s"), ".1f"), fmt(eager.get((r["dtype"], r["batch"], r["channels_last"])), ".1f"),
              fmt(r.get("max_diff"), ".2e")) for r in res]
-    run.table(f"torch.compile (backend {args.compile_backend}, default mode, dynamic=False), live w", ("dtype", "channels-last", "batch",
+    run.table(f"torch.compile (backend {args.compile_backend}, default mode, dynamic=False), live w",
+              ("dtype", "channels-last", "batch",
               "compile+warm-up s", "faces/s compiled", "faces/s eager", "max |compiled - eager|"), rows,
               f"Configs tried in order {COMPILE_PLAN}, capped at {cap:.0f} s in all; missing rows did not finish.")
 
@@ -639,7 +641,8 @@ def main(argv=None):
     run.log(json.dumps(run.results.get("env", {})))
     for title, md in run.tables:
         run.log(f"\n### {title}\n{md}")
-    run.log("\nsections: " + ", ".join(f"{k} {v['status']} ({v['seconds']}s)" for k, v in run.results["sections"].items()))
+    run.log("\nsections: " + ", ".join(f"{k} {v['status']} ({v['seconds']}s)"
+                                      for k, v in run.results["sections"].items()))
     run.save()
     return 1 if run.results["errors"] else 0
 

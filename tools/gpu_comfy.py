@@ -85,7 +85,8 @@ class Server:
                                      stderr=subprocess.STDOUT, start_new_session=True)
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up; see {self.log_path}")
+                raise RuntimeError(f"ComfyUI exited with code {self.proc.returncode} during start-up; "
+                                   f"see {self.log_path}")
             try:
                 self.get("/system_stats", timeout=2)
                 return time.monotonic() - t0
@@ -220,7 +221,8 @@ def main(argv=None):
         report["images_saved"] = len(images)
         stamps = {m[0]: m[1].get("timestamp") for m in msgs if isinstance(m[1], dict)}
         if stamps.get("execution_start") and (stamps.get("execution_success") or stamps.get("execution_error")):
-            report["execution_ms"] = (stamps.get("execution_success") or stamps["execution_error"]) - stamps["execution_start"]
+            end = stamps.get("execution_success") or stamps["execution_error"]
+            report["execution_ms"] = end - stamps["execution_start"]
         report["vram"]["after_run"] = vram(server)
         server.post("/free", {"unload_models": True, "free_memory": True})
         time.sleep(3)
