@@ -110,8 +110,11 @@ class ParseNet(nn.Module):
 def load_parsenet(source, device=None) -> ParseNet:
     """ParseNet in eval mode from a file path or state dict (strict, ``num_batches_tracked`` optional).
     Raises CheckpointError."""
+    from .batchnorm import fold_batchnorms
     from .registry import load_network  # the registry builds this module's classes
-    return load_network(source, "parsenet", device=device)
+    net = load_network(source, "parsenet")
+    fold_batchnorms(net)  # BatchNorm folded into the convs: fewer, larger ops (models/batchnorm.py)
+    return net.to(device) if device is not None else net
 
 
 # no_grad, not inference_mode: callers may edit the returned tensors in place.
