@@ -6,7 +6,7 @@ import sys
 
 from ..tasks import TASKS
 from . import run, weights_cmd
-from .console import EXIT_CODES_HELP, EXIT_USAGE
+from .console import EXIT_CODES_HELP, EXIT_USAGE, UserError
 
 DETECTORS = ("retinaface_resnet50", "retinaface_mobilenet0.25")
 TASK_HELP = {"restore": "restore faces (fidelity -w)", "colorize": "colorize gray or faded faces",
@@ -17,6 +17,7 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     from ..models.loader import DTYPE_CHOICES
     suffix = TASKS[task].suffix
     p.add_argument("input", help="an image, a video (.mp4 .mov .avi .mkv .webm) or a folder of them")
+    p.add_argument("more_inputs", nargs="*", metavar="INPUT", help="more inputs (with --ray)")
     p.add_argument("-o", "--output", help="output file or folder (default: next to a file input as "
                    f"NAME{suffix}.EXT; for a folder, a sibling folder FOLDER{suffix})")
     if task == "restore":
@@ -74,7 +75,12 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g = p.add_argument_group("performance and models")
     g.add_argument("--batch-size", type=int, default=4, help="faces per network batch (default 4)")
     g.add_argument("--frames-per-chunk", type=int, default=8,
-                   help="video frames decoded and restored together (faces batched across them; default 8)")
+                   help="video frames decoded and restored together (faces batched across them; default 8, "
+                        "fewer when --max-memory asks for it)")
+    g.add_argument("--max-memory", type=_memory_size, default=None, metavar="SIZE",
+                   help="working memory besides the loaded networks, e.g. 1.5G or 800M (default 2G): sets the "
+                        "frames and faces processed together and the height of the bands large outputs are "
+                        "made in; free memory is never looked at")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                    help="network precision (auto: fp16 on CUDA, fp32 elsewhere)")
@@ -89,6 +95,46 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--no-download", action="store_true", help="never download; fail if a weight file is missing")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
+    _cluster_options(p.add_argument_group("cluster (pip install comfyui-codeformer[cluster]; see docs/cluster.md)"))
+
+
+def _cluster_options(g) -> None:
+    g.add_argument("--ray", action="store_true", help="run on Ray: an actor pool with the model loaded once "
+                   "per worker (a one-node Ray in this process unless --ray-address)")
+    g.add_argument("--ray-address", metavar="ADDR", help="join this Ray cluster (e.g. 10.0.0.1:6379; implies --ray); "
+                   "inputs, outputs and --models must be on a filesystem every node sees")
+    g.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="actors (default: GPUs / --gpus-per-worker, else CPUs / --cpus-per-worker)")
+    g.add_argument("--gpus-per-worker", type=float, default=None, metavar="G",
+                   help="GPUs per actor (default 1 when the cluster has GPUs, else 0; 0.5 = two per GPU)")
+    g.add_argument("--cpus-per-worker", type=float, default=1, metavar="C",
+                   help="CPUs per actor (default 1; also its PyTorch threads on CPU)")
+    g.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="times a file is retried when its worker dies (default 3)")
+    g.add_argument("-r", "--recursive", action="store_true", help="walk subfolders (with --ray)")
+    g.add_argument("--files-from", metavar="LIST", help="process the files LIST names (one a line, relative to "
+                   "the input folder; with --ray)")
+    g.add_argument("--manifest", metavar="FILE", help="results as JSON lines (with --ray; default "
+                   "OUTPUT/codeformer-manifest.jsonl)")
+
+
+def _run_task(a, task: str) -> int:
+    if a.ray or a.ray_address:
+        from .cluster import run_cluster  # the only import of the Ray path
+        return run_cluster(a, task)
+    ray_only = [o for o, v in (("several inputs", a.more_inputs), ("--recursive", a.recursive),
+                               ("--files-from", a.files_from), ("--manifest", a.manifest)) if v]
+    if ray_only:
+        raise UserError(f"{', '.join(ray_only)}: only with --ray (without it, give one image, video or folder)")
+    return run.run_task(a, task)
+
+
+def _memory_size(text: str) -> int:
+    from ..chunks import parse_memory
+    try:
+        return parse_memory(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _models_option(p) -> None:
@@ -146,7 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(task, help=TASK_HELP[task], description=TASK_HELP[task].capitalize() + " in an image, "
                            "a folder or a video.", formatter_class=fmt, epilog=EXIT_CODES_HELP)
         _task_options(p, task)
-        p.set_defaults(func=lambda a, t=task: run.run_task(a, t))
+        p.set_defaults(func=lambda a, t=task: _run_task(a, t))
     _weights_parser(sub)
     return parser
 
