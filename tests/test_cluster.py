@@ -20,7 +20,7 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -60,6 +60,19 @@ def ray_cluster(tmp_path_factory):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextmanager
+def torch_threads(n: int):
+    """The single-process reference runs with the workers' thread count (1 = --cpus-per-worker):
+    CPU convolutions sum in a thread-dependent order, which can move a few pixels by a level or two."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def main(*argv):
@@ -182,7 +195,8 @@ def test_plan_several_inputs_and_file_list(tmp_path):
 def test_face_restored_byte_identical_to_single_process(ray_cluster, models, tmp_path):
     src = write(tmp_path / "in" / "face.png", astronaut((128, 128)))
     common = ["-s", "1", *ONE_FACE, "--models", models, *DETECTOR_ARGS]
-    rc, out1, err = main("restore", src.parent, "-o", tmp_path / "single", *common)
+    with torch_threads(1):
+        rc, out1, err = main("restore", src.parent, "-o", tmp_path / "single", *common)
     assert rc == cli.EXIT_OK, err
     rc, out2, err = main("restore", src.parent, "-o", tmp_path / "ray", *common, "--ray", "--workers", "2")
     assert rc == cli.EXIT_OK, err
@@ -204,7 +218,8 @@ def fault_run(ray_cluster, models, tmp_path_factory):
     make_video(src / "clip.mp4", [gradient(64, 64, i % 3) for i in range(4)], audio=False)
     (src / "broken.png").write_bytes(b"not an image at all")
     common = ["-s", "1", *NO_FACES, "--models", models, *DETECTOR_ARGS]
-    single = main("restore", src, "-o", d / "single", *common)
+    with torch_threads(1):
+        single = main("restore", src, "-o", d / "single", *common)
     (hooks / "die-once.b.png").touch()
     (hooks / "die.poison.png").touch()
     try:
