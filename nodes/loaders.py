@@ -49,7 +49,7 @@ def weight_options(folders: Sequence[str], kind: str, keep: Callable[[str], bool
         on_disk = []
     try:
         known = [e.file for e in registry.known_weights().values() if e.kind == kind]
-    except Exception as exc:  # noqa: BLE001 - a broken registry must not break the node list
+    except (OSError, ValueError) as exc:   # missing or malformed weights/registry.json (json errors are ValueErrors)
         log.warning("CodeFormer: weight registry unreadable, offering only files on disk: %s", exc)
         known = []
     lower = {f.lower() for f in on_disk}

@@ -94,7 +94,8 @@ def comfyui(comfy_base):
     load_seconds = time.perf_counter() - start
     pack = sys.modules[str(ROOT).replace(".", "_x_")]
     return types.SimpleNamespace(nodes=nodes, execution=execution, folder_paths=folder_paths,
-                                 mm=comfy.model_management, utils=comfy.utils, pack=pack, base=comfy_base, load_seconds=load_seconds,
+                                 mm=comfy.model_management, utils=comfy.utils, pack=pack, base=comfy_base,
+                                 load_seconds=load_seconds,
                                  N={k: nodes.NODE_CLASS_MAPPINGS[k] for k in NODE_IDS if k in nodes.NODE_CLASS_MAPPINGS})
 
 

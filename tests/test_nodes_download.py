@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from local_http import closed_port_url, serve
-from node_fixtures import FACE, run_node, write_face_net
+from node_fixtures import run_node, write_face_net
 
 FILE = "detection_mobilenet0.25_Final.pth"
 
@@ -49,7 +49,8 @@ def server(payload):
 def models(tmp_path, monkeypatch, comfyui):
     """ComfyUI's facedetection folder pointed at an empty models/facedetection for one test."""
     fp = comfyui.folder_paths
-    monkeypatch.setitem(fp.folder_names_and_paths, "facedetection", ([str(tmp_path / "models" / "facedetection")], set()))
+    folder = str(tmp_path / "models" / "facedetection")
+    monkeypatch.setitem(fp.folder_names_and_paths, "facedetection", ([folder], set()))
     monkeypatch.setattr(fp, "filename_list_cache", {})
     return tmp_path / "models"
 

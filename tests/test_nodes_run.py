@@ -228,3 +228,12 @@ def test_inpaint_mask_of_another_size_fails_before_any_work(N, detected, synthet
         run_node(N["CodeFormerInpaintFaces"], model=synthetic_model("inpainting"), faces=detected[0],
                  mask=torch.zeros(1, 64, 64))
     assert moved == []
+
+
+def test_node_list_survives_a_broken_registry(N, comfyui, monkeypatch):
+    """ComfyUI builds /object_info from the schemas: an unreadable registry only shortens the file list."""
+    def broken():
+        raise ValueError("weights/registry.json: expected a non-empty 'weights' object")
+    monkeypatch.setattr(comfyui.pack.codeformer_core.weights.registry, "known_weights", broken)
+    options = N["CodeFormerModelLoader"].GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]["options"]
+    assert options == ["codeformer.pth"]     # what is on disk

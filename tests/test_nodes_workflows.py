@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node_fixtures import NODE_IDS, astronaut_image  # noqa: F401 (fixture)
+from node_fixtures import NODE_IDS, load_comfy_extras
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
@@ -223,9 +223,8 @@ def downstream(api, start):
 
 @pytest.fixture(scope="module")
 def comfy_extras(comfyui):
-    """ComfyUI's MaskToImage (comfy_extras/nodes_mask.py, loaded as ComfyUI loads its extras at start)."""
-    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", "nodes_mask.py")
-    assert asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
+    """ComfyUI's MaskToImage (comfy_extras/nodes_mask.py), which the modular graph previews the mask with."""
+    assert load_comfy_extras(comfyui, "nodes_mask.py")
 
 
 @pytest.fixture(scope="module")
@@ -299,14 +298,17 @@ def test_changed_weight_file_is_reloaded(runs):
 def test_all_in_one_reuses_the_loaded_models(runs):
     simple = runs["simple"]
     executed, cached = runs["simple_run"]
-    assert node_of(simple, "CodeFormerModelLoader") in cached and node_of(simple, "CodeFormerFaceDetectorLoader") in cached
+    assert node_of(simple, "CodeFormerRestoreFacesAllInOne") in executed
+    for loader in ("CodeFormerModelLoader", "CodeFormerFaceDetectorLoader"):
+        assert node_of(simple, loader) in cached, loader
 
 
 @pytest.mark.parametrize("node_type,name,value,message", [
     ("CodeFormerRestoreFaces", "w", 1.5, "bigger than max"),
     ("CodeFormerDetectFaces", "threshold", 0.0, "smaller than min"),
     ("CodeFormerDetectFaces", "selection", "biggest", "selection 'biggest' is not one of all, largest"),
-    ("CodeFormerModelLoader", "model_name", "codeformer_v9.pth", "not in models/facerestore_models or models/codeformer"),
+    ("CodeFormerModelLoader", "model_name", "codeformer_v9.pth",
+     "not in models/facerestore_models or models/codeformer"),
     ("CodeFormerModelLoader", "dtype", "fp8", "dtype 'fp8' is not one of auto, fp32"),
     ("CodeFormerFaceDetectorLoader", "parsing_model", "parsing_bisenet.pth", "is not an official file"),
 ])
