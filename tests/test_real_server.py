@@ -45,7 +45,8 @@ WORKFLOW_TIMEOUT_S = 600   # a hang guard, not a speed check
 
 NODE_IDS = ("CodeFormerModelLoader", "CodeFormerFaceDetectorLoader", "CodeFormerDetectFaces",
             "CodeFormerRestoreFaces", "CodeFormerColorizeFaces", "CodeFormerInpaintFaces", "CodeFormerPasteFaces",
-            "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne")
+            "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne",
+            "CodeFormerRestoreFacesWithModel")
 MODEL_FILES = ("facerestore_models/codeformer.pth", "facerestore_models/codeformer_colorization.pth",
                "facerestore_models/codeformer_inpainting.pth", "facedetection/detection_Resnet50_Final.pth",
                "facedetection/detection_mobilenet0.25_Final.pth", "facedetection/parsing_parsenet.pth",
@@ -66,7 +67,10 @@ EXPECTED = {
     "inpaint_masked_face": {"Save Image": "input", "Inpainted crops": CROP},
     "restore_then_upscale": {"Save Image": "input x2"},
     "restore_video_frames": {"Save Video": "clip"},
+    "restore_faces_gfpgan": {"Save Image": "input", "Restored crops": CROP},
 }
+# The face-model graph's file: a random-weight GFPGAN built from spandrel's architecture (issue 10).
+FACE_MODEL_FILE = "upscale_models/GFPGANv1.4.pth"
 # The test clip: a few frames of the astronaut, moving, with a 440 Hz tone.
 CLIP = SimpleNamespace(name="astronaut_tone.mp4", frames=4, fps=8, rate=44100, size=256)
 WORKFLOW_NAMES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
@@ -124,6 +128,16 @@ def build_models_dir() -> float | None:
         (partial / ".complete.json").write_text(json.dumps({f: (partial / f).stat().st_size for f in MODEL_FILES}))
         partial.rename(MODELS)
         return time.monotonic() - t0
+
+
+def add_face_model() -> None:
+    """Writes FACE_MODEL_FILE into .comfyui/models once (float16, about 175 MB; under the models lock)."""
+    from codeformer_core.dev.face_models import random_gfpgan, write_model
+    with open(MODELS.parent / "models.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (MODELS / FACE_MODEL_FILE).is_file():
+            partial = write_model(random_gfpgan(), MODELS / (FACE_MODEL_FILE + ".partial.pth"), half=True)
+            partial.rename(MODELS / FACE_MODEL_FILE)
 
 
 def make_clip(path: Path):
@@ -188,6 +202,7 @@ def server_run(request, tmp_path_factory):
     ce = _comfy_e2e()
     t_start = time.monotonic()
     models_build_s = build_models_dir()
+    add_face_model()
 
     tmp = tmp_path_factory.mktemp("comfy_real")
     base = tmp / "base"
@@ -409,7 +424,8 @@ def test_outputs_have_the_expected_size(server_run, name):
 
 # Not inpaint_masked_face: the synthetic detector's face box misses the mask's hole there, and pixels
 # outside the hole are kept by design.
-@pytest.mark.parametrize("name", ["restore_faces_simple", "restore_faces_modular", "colorize_old_photo"])
+@pytest.mark.parametrize("name", ["restore_faces_simple", "restore_faces_modular", "colorize_old_photo",
+                                  "restore_faces_gfpgan"])
 def test_a_face_was_restored(server_run, name):
     """A face was found and pasted back: the saved image is not the input (0 faces pass through)."""
     rec = _record(server_run, name)
