@@ -209,6 +209,10 @@ def _fold_nearest2x(weight: Tensor) -> Tensor:
     return torch.cat(kernels, 0).to(weight.dtype)
 
 
+def _block_dtype(block: nn.Module) -> torch.dtype:
+    return next((m.weight.dtype for m in block.modules() if isinstance(m, nn.Conv2d)), torch.float32)
+
+
 def _encoder_blocks(options: CodeFormerOptions) -> nn.ModuleList:
     blocks = [nn.Conv2d(3, BASE_CHANNELS, 3, padding=1)]
     channels = [BASE_CHANNELS * m for m in (1,) + CHANNEL_MULT]
@@ -373,13 +377,14 @@ class CodeFormer(nn.Module):
                                               for r in self.config.fusion_resolutions})
 
     # -- precision ---------------------------------------------------------------------------
-    def set_dtype(self, dtype: torch.dtype) -> "CodeFormer":
-        """Convolutions run in ``dtype``; the transformer, codebook and norms stay float32
-        so the code indices do not flip under half precision."""
-        for stack in (self.encoder, self.generator, self.fuse_convs_dict):
-            for m in stack.modules():
-                if isinstance(m, (nn.Conv2d,)):
-                    m.to(dtype)
+    def set_dtype(self, dtype: torch.dtype, reduced_encoder_blocks: Optional[int] = 0) -> "CodeFormer":
+        """Convolutions of the generator and fusion blocks run in ``dtype``, and those of the
+        first ``reduced_encoder_blocks`` encoder blocks (None: all); the rest of the encoder (what decides
+        the code indices), the transformer, codebook and norms stay float32. The policy that
+        ``dtype="bf16"/"fp16"`` mean is ``precision.REDUCED_ENCODER_BLOCKS`` (docs/precision.md)."""
+        from .precision import reduced_convs
+        for conv in reduced_convs(self, reduced_encoder_blocks):
+            conv.to(dtype)
         return self
 
     def set_memory_format(self, memory_format: torch.memory_format) -> "CodeFormer":
@@ -389,7 +394,13 @@ class CodeFormer(nn.Module):
 
     @property
     def conv_dtype(self) -> torch.dtype:
-        return self.encoder.blocks[0].weight.dtype
+        """The generator's convolution dtype (the reduced one when a precision was set)."""
+        return self.generator.blocks[0].weight.dtype
+
+    @property
+    def encoder_dtypes(self) -> Tuple[torch.dtype, ...]:
+        """Per encoder block, the dtype its convolutions run in (float32 for a bare GroupNorm)."""
+        return tuple(_block_dtype(b) for b in self.encoder.blocks)
 
     # -- forward -----------------------------------------------------------------------------
     def _weights(self, w: WeightArg, batch: int, device) -> Tuple[Optional[Tensor], bool]:
@@ -412,16 +423,19 @@ class CodeFormer(nn.Module):
         amplifies into the code logits, and halving it doubles the margin to the golden rule.
         """
         tap_at = {ENCODER_TAPS[r]: r for r in self.config.fusion_resolutions} if keep_taps else {}
-        precise = self.options.precise_encoder_tail and x.device.type == "cpu" and self.conv_dtype == torch.float32
-        bounds = sorted({i + 1 for i in tap_at} | ({PRECISE_ENCODER_FROM} if precise else set()))
+        dtypes = self.encoder_dtypes
+        precise = (self.options.precise_encoder_tail and x.device.type == "cpu"
+                   and all(d == torch.float32 for d in dtypes[PRECISE_ENCODER_FROM:]))
+        changes = {i for i in range(1, len(dtypes)) if dtypes[i] != dtypes[i - 1]}  # mixed-precision bounds
+        bounds = sorted({i + 1 for i in tap_at} | changes | ({PRECISE_ENCODER_FROM} if precise else set()))
         taps: Dict[int, Tensor] = {}
-        h = x.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
+        h = x.contiguous(memory_format=self.memory_format)
         start = 0
         for stop in bounds + [len(self.encoder.blocks)]:
             if precise and start >= PRECISE_ENCODER_FROM:
                 h = self.encoder.run_float64(h, start, stop)
             else:
-                h = self.encoder.run(h, start, stop)
+                h = self.encoder.run(h.to(dtypes[start]), start, stop)
             if stop - 1 in tap_at:
                 taps[tap_at[stop - 1]] = h.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
             start = stop
@@ -444,12 +458,15 @@ class CodeFormer(nn.Module):
             q = adaptive_instance_norm(q, lq_feat)
         return q
 
-    def decode(self, quant: Tensor, taps: Dict[int, Tensor], w: Tensor, fuse: bool) -> Tensor:
+    def decode(self, quant: Tensor, taps: Dict[int, Tensor], w: Tensor, fuse: bool,
+               all_active: bool = False) -> Tensor:
+        """``all_active``: fuse every sample, also those with w = 0 (adds exactly zero; the ONNX
+        export's one graph for every w) instead of looking at w."""
         h = quant.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
         start = 0
         if fuse and taps:
             active = w > 0
-            all_active = bool(active.all())
+            all_active = all_active or bool(active.all())
             w_b = w.to(h.dtype).view(-1, 1, 1, 1)
             for res in sorted(taps, key=GENERATOR_FUSION_AFTER.get):
                 stop = GENERATOR_FUSION_AFTER[res] + 1

@@ -11,6 +11,7 @@ import torch
 
 from .checkpoint import Source
 from .codeformer import CodeFormer, CodeFormerOptions
+from .precision import REDUCED_ENCODER_BLOCKS
 from .registry import load_network
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
@@ -31,10 +32,27 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return torch.device(device)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (Linux flags avx512_bf16 or amx_bf16); without
+    them bf16 convolutions are emulated and no faster than float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """``None``/"auto": half precision on CUDA, float32 elsewhere (CPU half is slow)."""
+    """"auto" (what front ends offer): fp16 on CUDA, bf16 on a CPU that runs bf16 natively
+    (``cpu_has_native_bf16``), float32 elsewhere (CPU fp16 is slow). ``None`` (the library
+    default): fp16 on CUDA, float32 elsewhere. A reduced dtype always means the policy of
+    ``precision.py``: the encoder and transformer stay float32, so the codes are kept."""
     if dtype is None or dtype == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
+        if device.type == "cuda":
+            return torch.float16
+        native_bf16 = dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16()
+        return torch.bfloat16 if native_bf16 else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
@@ -56,6 +74,6 @@ def load_model(source: Source, device: Union[str, torch.device, None] = None,
     model.to(device)
     target = resolve_dtype(dtype, device)
     if target != torch.float32:
-        model.set_dtype(target)
+        model.set_dtype(target, REDUCED_ENCODER_BLOCKS)  # encoder (the codes) float32: precision.py
     model.source = None if isinstance(source, Mapping) else str(Path(source))
     return model

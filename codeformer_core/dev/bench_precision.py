@@ -1,0 +1,96 @@
+"""Benchmark: reduced-precision policies against float32 on the golden restoration input.
+
+    python -m codeformer_core.dev.bench_precision [--device cpu] [--policies NAME,...] [--dtypes bf16,fp16]
+                                                  [--repeats 1]
+
+For each policy (``models.precision.CANDIDATES``: which encoder blocks run reduced; the generator
+and fusion convolutions always do) and dtype: share of the golden code indices kept, largest and
+mean absolute output error against the golden float32 output (w = 0.5, AdaIN, on the stored
+4x-subsampled grid), and seconds per face, beside float32 in the same run. fp16 runs natively
+where the device has fast fp16 convolutions (CUDA); on a CPU it is emulated (weights and
+activations rounded to fp16 at each convolution, computed in float32: agreement and error only,
+no speed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..models.loader import load_model, resolve_device
+from ..models.precision import CANDIDATES, emulate_fp16
+from .bench_model import sync
+from .bench_pipeline import load_avg
+from .synthetic import synth_state_dict
+
+GOLDEN = Path(__file__).resolve().parents[2] / "tests" / "data" / "golden"
+W = 0.5
+
+
+def golden_case():
+    z = np.load(GOLDEN / "restoration.npz")
+    x = ((z["x_u8"] / 255).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)
+    manifest = json.loads((GOLDEN / "manifest_restoration.json").read_text())
+    return torch.from_numpy(x), z["idx"], z[f"out_w{W}_s4"], synth_state_dict(manifest)
+
+
+def run(model, x, repeats: int):
+    """Output, codes and seconds per face: the best of the measured pass and ``repeats`` more
+    (with 0, the measured pass alone, warm-up included, times it)."""
+    times = []
+    with torch.inference_mode():
+        for i in range(1 + repeats):
+            sync(x.device)
+            t0 = time.perf_counter()
+            result = model(x, w=W, adain=True, return_codes=True)
+            sync(x.device)
+            times.append(time.perf_counter() - t0)
+            if i == 0:
+                out, _, idx = result
+    return out.float().cpu().numpy(), idx.cpu().numpy(), min(times) / x.shape[0]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--policies", default=",".join(CANDIDATES), help="comma-separated names of precision.CANDIDATES")
+    ap.add_argument("--dtypes", default="bf16,fp16")
+    ap.add_argument("--repeats", type=int, default=0, help="more timed passes after the measured one")
+    args = ap.parse_args(argv)
+    device = resolve_device(args.device)
+    x, idx_ref, out_ref, sd = golden_case()
+    x = x.to(device)
+    rows = []
+
+    def row(name, dtype, model, timed=True):
+        out, idx, dt = run(model, x, args.repeats if timed else 0)
+        err = np.abs(out[..., ::4, ::4] - out_ref)
+        rows.append((name, dtype, float((idx == idx_ref).mean()), float(err.max()), float(err.mean()),
+                     dt if timed else float("nan")))
+        print(f"{name:26s} {dtype:10s} codes {rows[-1][2] * 100:6.2f} %  out max {rows[-1][3]:.2e} "
+              f"mean {rows[-1][4]:.2e}  {rows[-1][5]:.2f} s/face  [{load_avg()}]", flush=True)
+
+    row("float32", "fp32", load_model({"params_ema": sd}, device=device, dtype="fp32"))
+    for name in args.policies.split(","):
+        blocks = CANDIDATES[name]
+        for dtype in args.dtypes.split(","):
+            emulate = dtype == "fp16" and device.type == "cpu"
+            model = load_model({"params_ema": sd}, device=device, dtype="fp32")
+            if emulate:
+                emulate_fp16(model, blocks)
+            else:
+                model.set_dtype({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype], blocks)
+            row(name, dtype + (" (emul.)" if emulate else ""), model, timed=not emulate)
+            del model
+    t32 = rows[0][5]
+    print(f"\n{'policy':26s} {'dtype':12s} {'codes kept':>10s} {'out max':>9s} {'out mean':>9s} {'s/face':>7s} {'vs fp32':>8s}")
+    for name, dtype, agree, emax, emean, dt in rows:
+        print(f"{name:26s} {dtype:12s} {agree * 100:9.2f}% {emax:9.2e} {emean:9.2e} {dt:7.2f} {t32 / dt:7.2f}x")
+
+
+if __name__ == "__main__":
+    main()
