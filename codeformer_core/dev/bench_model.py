@@ -27,7 +27,7 @@ from .synthetic import synth_state_dict
 NAIVE = CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False)
 
 
-def _peak_reset(device: torch.device) -> None:
+def peak_reset(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     else:
@@ -35,7 +35,7 @@ def _peak_reset(device: torch.device) -> None:
             f.write("5")  # resets the process's peak RSS (VmHWM)
 
 
-def _peak_mib(device: torch.device) -> float:
+def peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2 ** 20
     with contextlib.suppress(OSError), open("/proc/self/status") as f:
@@ -45,7 +45,7 @@ def _peak_mib(device: torch.device) -> float:
     return float("nan")
 
 
-def _sync(device):
+def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -55,14 +55,14 @@ def measure(model, x, batch, w, device, repeats):
     with torch.inference_mode():
         xb = x[:batch]
         model(xb, w=w)  # warm-up (allocator, kernel selection)
-        _sync(device)
-        _peak_reset(device)
+        sync(device)
+        peak_reset(device)
         t0 = time.perf_counter()
         for _ in range(repeats):
             out = model(xb, w=w)
-        _sync(device)
+        sync(device)
         dt = (time.perf_counter() - t0) / (repeats * batch)
-    return dt, _peak_mib(device), out
+    return dt, peak_mib(device), out
 
 
 def load_times(state_dict) -> list:

@@ -46,29 +46,44 @@ def make_case(frames: int = 16, size: int = 1024, seed: int = 0) -> Tuple[List[n
     return imgs, lms
 
 
+def cv2_align_face(img: np.ndarray, lm: np.ndarray, crop: int = 512) -> Tuple[np.ndarray, np.ndarray]:
+    """One face the reference helper's way: LMEDS similarity fit and a ``crop`` px warpAffine with the grey
+    border (the frame treated as BGR, like cv2). Returns (affine, crop)."""
+    import cv2
+    tmpl = FFHQ_TEMPLATE_512.numpy().astype(np.float32) * (crop / 512.0)
+    border_bgr = tuple(int(v) for v in BORDER_RGB[::-1])
+    fit = cv2.estimateAffinePartial2D(np.asarray(lm, np.float32), tmpl, method=cv2.LMEDS)[0]
+    return fit, cv2.warpAffine(img, fit, (crop, crop), borderMode=cv2.BORDER_CONSTANT, borderValue=border_bgr)
+
+
+def cv2_paste_face(result: np.ndarray, face: np.ndarray, fit: np.ndarray,
+                   parse_mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Paste one face back into ``result`` (float32 HxWx3) the reference helper's way: inverse warp of
+    the face and of a ones mask over the whole frame, erosion, edge from the mask area, second erosion,
+    Gaussian feather, float blend; ``parse_mask`` (crop-sized, 0..1) replaces the square mask where it
+    is smaller, as the helper does with a face parser."""
+    import cv2
+    h, w = result.shape[:2]
+    back = cv2.invertAffineTransform(fit)
+    face_back = cv2.warpAffine(face, back, (w, h))
+    cover = cv2.erode(cv2.warpAffine(np.ones(face.shape[:2], np.float32), back, (w, h)), np.ones((2, 2), np.uint8))
+    edge = int(np.sqrt(cover.sum())) // 20
+    inner = cv2.erode(cover, np.ones((2 * edge, 2 * edge), np.uint8))
+    soft = cv2.GaussianBlur(inner, (2 * edge + 1, 2 * edge + 1), 0)[:, :, None]
+    if parse_mask is not None:
+        parse_back = cv2.warpAffine(parse_mask.astype(np.float32), back, (w, h), flags=cv2.INTER_CUBIC)[:, :, None]
+        soft = np.where(parse_back < soft, parse_back, soft)
+    return soft * (cover[:, :, None] * face_back) + (1.0 - soft) * result
+
+
 def cv2_per_face(frames: Sequence[np.ndarray], lms: Sequence[np.ndarray], crop: int = 512) -> float:
     """The per-face OpenCV align + paste loop over every frame; returns seconds."""
-    import cv2
-    tmpl = FFHQ_TEMPLATE_512.numpy().astype(np.float32)
-    border_bgr = tuple(int(v) for v in BORDER_RGB[::-1])  # the frames are treated as BGR, like cv2
-    ones = np.ones((crop, crop), np.float32)
     t0 = time.perf_counter()
     for img in frames:
-        h, w = img.shape[:2]
-        aligned = []
-        for lm in lms:
-            fit = cv2.estimateAffinePartial2D(np.asarray(lm, np.float32), tmpl, method=cv2.LMEDS)[0]
-            aligned.append((fit, cv2.warpAffine(img, fit, (crop, crop), borderMode=cv2.BORDER_CONSTANT,
-                                                borderValue=border_bgr)))
+        aligned = [cv2_align_face(img, lm, crop) for lm in lms]
         result = img.astype(np.float32)
         for fit, face in aligned:  # "restored" face = the aligned crop itself
-            back = cv2.invertAffineTransform(fit)
-            face_back = cv2.warpAffine(face, back, (w, h))
-            cover = cv2.erode(cv2.warpAffine(ones, back, (w, h)), np.ones((2, 2), np.uint8))
-            edge = int(np.sqrt(cover.sum())) // 20
-            inner = cv2.erode(cover, np.ones((2 * edge, 2 * edge), np.uint8))
-            soft = cv2.GaussianBlur(inner, (2 * edge + 1, 2 * edge + 1), 0)[:, :, None]
-            result = soft * (cover[:, :, None] * face_back) + (1.0 - soft) * result
+            result = cv2_paste_face(result, face, fit)
     return time.perf_counter() - t0
 
 
