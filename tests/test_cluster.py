@@ -43,13 +43,14 @@ def models(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """(address, hooks folder) of a one-node Ray started here; shut down after the module."""
+    """(address, hooks folder) of a one-node Ray started here, on loopback as the command starts
+    its own; shut down after the module."""
+    hooks = tmp_path_factory.mktemp("hooks")
+    env = {cluster.TEST_HOOKS_ENV: str(hooks), "RAY_USAGE_STATS_ENABLED": "0", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)  # before ray is imported; Ray's processes and the subprocess driver inherit it
     ray = pytest.importorskip("ray", reason="the Ray tests need ray[data] (pip install .[cluster])")
     pytest.importorskip("ray.data")
-    hooks = tmp_path_factory.mktemp("hooks")
-    saved = {k: os.environ.get(k) for k in (cluster.TEST_HOOKS_ENV, "RAY_USAGE_STATS_ENABLED")}
-    os.environ[cluster.TEST_HOOKS_ENV] = str(hooks)
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200 * 2**20, logging_level="error")
     try:
         yield ray.get_runtime_context().gcs_address, hooks

@@ -197,7 +197,12 @@ class FileWorker:
 
 
 # -- Ray --------------------------------------------------------------------------------------------
-def _import_ray():
+def _import_ray(local: bool):
+    if local:
+        # A one-node Ray for this command only: usage stats off, and every Ray process on loopback
+        # (read when ray is imported; the variable's name aside, it only picks the node address).
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
         import ray.data  # noqa: F401
@@ -216,7 +221,6 @@ def _connect(ray, args, cpus_needed: int) -> bool:
     if args.ray_address:
         ray.init(address=args.ray_address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
         return True
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # nothing leaves the machine
     ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     return True
 
@@ -336,7 +340,7 @@ def run_cluster(args, task: str) -> int:
     try:
         if todo:
             run.weight_paths(args, task, out)  # fetch missing weights once, here, before any worker starts
-            ray = _import_ray()
+            ray = _import_ray(local=not args.ray_address)
             cpw = args.cpus_per_worker
             started = _connect(ray, args, int((args.workers or 1) * cpw + 0.999))
             for row in _results(ray, args, task, todo, out):
