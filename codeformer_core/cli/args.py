@@ -83,7 +83,8 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                         "made in; free memory is never looked at")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="network precision (auto: fp16 on CUDA, fp32 elsewhere)")
+                   help="network precision (auto: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere; "
+                        "fp16/bf16 keep the encoder in fp32, so the codes are kept: docs/precision.md)")
     g.add_argument("--model", metavar="PATH", help="CodeFormer checkpoint to use instead of the registry file "
                    "(.pth or .safetensors)")
     if task == "restore":
@@ -145,7 +146,7 @@ def _models_option(p) -> None:
 
 
 def _weights_parser(sub) -> None:
-    w = sub.add_parser("weights", help="list, download, verify or convert weight files",
+    w = sub.add_parser("weights", help="list, download, verify, convert or export weight files",
                        description="Weight files from the registry (weights/registry.json).")
     wsub = w.add_subparsers(dest="weights_command", metavar="ACTION")
     p = wsub.add_parser("list", help="registry entries and whether each is present")
@@ -167,6 +168,11 @@ def _weights_parser(sub) -> None:
     p.add_argument("--fp16", action="store_true", help="store floating-point tensors in half precision")
     p.add_argument("-o", "--output", help="output file (default: next to PATH, .safetensors)")
     p.set_defaults(func=weights_cmd.cmd_convert)
+    p = wsub.add_parser("export", help="export a CodeFormer checkpoint to ONNX (inputs input [B,3,512,512] and "
+                        "w [B], dynamic batch; needs the onnx extra to run; docs/onnx.md)")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.set_defaults(func=weights_cmd.cmd_export)
     w.set_defaults(func=lambda a: _usage(w))
 
 

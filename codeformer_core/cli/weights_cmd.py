@@ -1,5 +1,5 @@
 """Weight files for the command line: the models folder, fetching on first use, and the
-``codeformer weights list | download | verify | convert`` sub-commands."""
+``codeformer weights list | download | verify | convert | export`` sub-commands."""
 from __future__ import annotations
 
 import os
@@ -134,4 +134,19 @@ def cmd_convert(args) -> int:
         raise UserError("the output would overwrite the input")
     result = convert_to_safetensors(src, dest, fp16=args.fp16)
     print(f"{src} -> {result} ({_human(result.stat().st_size)}{', fp16' if args.fp16 else ''})")
+    return EXIT_OK
+
+
+def cmd_export(args) -> int:
+    from ..models.onnx_export import export_onnx
+    src = Path(os.path.expanduser(args.path))
+    if not src.is_file():
+        raise UserError(f"{src}: no such file")
+    dest = Path(os.path.expanduser(args.onnx))
+    if dest.suffix.lower() != ".onnx":
+        raise UserError(f"{dest}: the output must be a .onnx file")
+    if dest.resolve() == src.resolve():
+        raise UserError("the output would overwrite the input")
+    result = export_onnx(src, dest)
+    print(f"{src} -> {result} ({_human(result.stat().st_size)}; inputs input [B,3,512,512], w [B])")
     return EXIT_OK

@@ -5,7 +5,7 @@ Prints how long ``load_model`` takes for a full-size ``codeformer.pth`` (the off
 peak memory for batches 1, 4 and 8 with the default ``CodeFormerOptions``, and for a naive
 baseline instance (one face at a time, float32, contiguous layout, explicit softmax attention,
 upsample-then-conv, no float64 encoder tail) measured in the same run, plus the largest output
-difference between the two. Weights are the synthetic golden formula: speed does not depend on
+difference between the two; ``--onnx FILE`` adds ONNX Runtime on CPU for an exported file. Weights are the synthetic golden formula: speed does not depend on
 the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
 measures with the one the ``codeformer`` command sets at its start instead.
 """
@@ -84,6 +84,23 @@ def load_times(state_dict) -> list:
     return rows
 
 
+def onnx_row(path, x, batches, w, t_naive, out_naive, repeats):
+    """ONNX Runtime (CPU) on an exported file: a row like the PyTorch ones."""
+    import numpy as np
+    import onnxruntime as ort
+    b = max(batches)
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {"input": x[:b].cpu().numpy(), "w": np.full(b, w, np.float32)}
+    out = sess.run(None, feed)[0]  # warm-up
+    peak_reset(torch.device("cpu"))
+    t0 = time.perf_counter()
+    for _ in range(max(repeats, 1)):
+        out = sess.run(None, feed)[0]
+    t = (time.perf_counter() - t0) / (max(repeats, 1) * b)
+    diff = float(np.abs(out[:1] - out_naive[:1].cpu().numpy()).max())
+    return (f"onnxruntime CPU b={b}", b, t, peak_mib(torch.device("cpu")), t_naive / t, diff)
+
+
 def build(state_dict, device, dtype, channels_last, options=None):
     model = load_model({"params_ema": state_dict}, device=device, dtype=dtype, options=options)
     if channels_last:
@@ -100,6 +117,8 @@ def main(argv=None):
     ap.add_argument("--w", type=float, default=0.5)
     ap.add_argument("--channels-last", action="store_true", help="channels-last convolutions (CUDA tensor cores)")
     ap.add_argument("--no-load-times", action="store_true", help="skip timing load_model on written files")
+    ap.add_argument("--onnx", metavar="FILE", help="also time this exported file (codeformer weights export) with "
+                    "ONNX Runtime on CPU, at the largest batch (needs the onnx extra)")
     ap.add_argument("--cli-memory", action="store_true",
                     help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
@@ -130,6 +149,8 @@ def main(argv=None):
         t, mem, out = measure(model, x, b, args.w, device, args.repeats)
         diff = float((out[:1].float() - out_naive[:1]).abs().max())
         rows.append((f"codeformer_core b={b}", b, t, mem, t_naive / t, diff))
+    if args.onnx:
+        rows.append(onnx_row(args.onnx, x, batches, args.w, t_naive, out_naive, args.repeats))
     print(f"{'config':38s} {'faces/s':>8s} {'ms/face':>8s} {'peak MiB':>9s} {'vs naive':>9s} {'max|diff|':>10s}")
     for name, _b, t, mem, ratio, diff in rows:
         print(f"{name:38s} {1 / t:8.3f} {t * 1000:8.0f} {mem:9.0f} {ratio:8.2f}x {diff:10.2e}")
