@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from codeformer_core.models.codeformer import CodeFormer
-from codeformer_core.models.loader import cpu_has_native_bf16, load_model, resolve_dtype
+from codeformer_core.models.loader import codeformer_dtype, cpu_has_native_bf16, load_model, resolve_dtype
 from codeformer_core.models.precision import REDUCED_ENCODER_BLOCKS, emulate_fp16
 
 W = 0.5
@@ -39,10 +39,11 @@ def test_policy_keeps_encoder_and_transformer_float32(dtype):
 
 def test_auto_dtype_by_device():
     cpu = torch.device("cpu")
-    assert resolve_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
-    assert resolve_dtype(None, cpu) == torch.float32          # the library default stays exact
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
-    assert resolve_dtype("bf16", cpu) == torch.bfloat16
+    assert codeformer_dtype("auto", cpu) == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
+    assert codeformer_dtype(None, cpu) == torch.float32        # the library default stays exact
+    assert codeformer_dtype("auto", torch.device("cuda")) == torch.float16
+    assert codeformer_dtype("bf16", cpu) == torch.bfloat16
+    assert resolve_dtype("auto", cpu) == torch.float32         # other networks: no CPU bf16
 
 
 def codes_and_error(model, g):

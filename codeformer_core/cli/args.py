@@ -83,8 +83,8 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                         "made in; free memory is never looked at")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="network precision (auto: fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere; "
-                        "fp16/bf16 keep the encoder in fp32, so the codes are kept: docs/precision.md)")
+                   help="network precision (auto: fp16 on CUDA, fp32 elsewhere; CodeFormer in fp16/bf16 keeps "
+                        "its encoder in fp32, so the codes are kept: docs/precision.md)")
     g.add_argument("--model", metavar="PATH", help="CodeFormer checkpoint to use instead of the registry file "
                    "(.pth or .safetensors)")
     if task == "restore":

@@ -44,21 +44,27 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """"auto" (what front ends offer): fp16 on CUDA, bf16 on a CPU that runs bf16 natively
-    (``cpu_has_native_bf16``), float32 elsewhere (CPU fp16 is slow). ``None`` (the library
-    default): fp16 on CUDA, float32 elsewhere. A reduced dtype always means the policy of
-    ``precision.py``: the encoder and transformer stay float32, so the codes are kept."""
+    """``None``/"auto": half precision on CUDA, float32 elsewhere (CPU half is slow). For any
+    network; ``codeformer_dtype`` adds CodeFormer's CPU bf16 choice. A reduced dtype for CodeFormer
+    always means the policy of ``precision.py`` (encoder and transformer float32: the codes are kept)."""
     if dtype is None or dtype == "auto":
-        if device.type == "cuda":
-            return torch.float16
-        native_bf16 = dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16()
-        return torch.bfloat16 if native_bf16 else torch.float32
+        return torch.float16 if device.type == "cuda" else torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
     try:
         return DTYPES[str(dtype).lower()]
     except KeyError:
         raise ValueError(f"unknown dtype '{dtype}'; use one of auto, fp32, fp16, bf16") from None
+
+
+def codeformer_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
+    """CodeFormer's precision: "auto" is bf16 on a CPU that runs bf16 natively (``cpu_has_native_bf16``;
+    with the policy of precision.py the codes are those of float32), otherwise ``resolve_dtype``.
+    ``None`` (the library default) stays float32 on CPU. Other networks (spandrel face models)
+    are not vetted in bf16 and keep ``resolve_dtype``."""
+    if dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+        return torch.bfloat16
+    return resolve_dtype(dtype, device)
 
 
 def load_model(source: Source, device: Union[str, torch.device, None] = None,
@@ -72,7 +78,7 @@ def load_model(source: Source, device: Union[str, torch.device, None] = None,
     model = load_network(source, "codeformer", options=options)
     device = resolve_device(device)
     model.to(device)
-    target = resolve_dtype(dtype, device)
+    target = codeformer_dtype(dtype, device)
     if target != torch.float32:
         model.set_dtype(target, REDUCED_ENCODER_BLOCKS)  # encoder (the codes) float32: precision.py
     model.source = None if isinstance(source, Mapping) else str(Path(source))
