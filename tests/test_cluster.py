@@ -177,7 +177,8 @@ def test_plan_several_inputs_and_file_list(tmp_path):
     plan, _ = _plan(a, b, tmp_path / "loose.webp", "-r", "-o", tmp_path / "o")
     assert {k: v[0] for k, v in plan.items()} == {
         str(a / "x.png"): str(tmp_path / "o/x.png"), str(b / "y.png"): str(tmp_path / "o/y.png"),
-        str(b / "sub/z.png"): str(tmp_path / "o/sub/z.png"), str(tmp_path / "loose.webp"): str(tmp_path / "o/loose.webp")}
+        str(b / "sub/z.png"): str(tmp_path / "o/sub/z.png"),
+        str(tmp_path / "loose.webp"): str(tmp_path / "o/loose.webp")}
     (a / "y.png").write_bytes(b"")
     with pytest.raises(cli.UserError, match="would both be written to"):
         _plan(a, b, "-o", tmp_path / "o")
@@ -185,8 +186,8 @@ def test_plan_several_inputs_and_file_list(tmp_path):
         _plan(a, b)
     lst = tmp_path / "list.txt"
     lst.write_text(f"# wanted\nsub/z.png\n\n{b / 'y.png'}\nmissing.png\n")
-    plan, _ = _plan(b, "--files-from", lst, "-o", tmp_path / "o")
-    assert list(plan) == [str(b / "sub/z.png"), str(b / "y.png"), str(b / "missing.png")]  # missing: a failed row later
+    plan, _ = _plan(b, "--files-from", lst, "-o", tmp_path / "o")  # missing.png: a failed row when run
+    assert list(plan) == [str(b / "sub/z.png"), str(b / "y.png"), str(b / "missing.png")]
     lst.write_text(f"{a / 'x.png'}\n")
     with pytest.raises(cli.UserError, match="is not inside"):
         _plan(b, "--files-from", lst, "-o", tmp_path / "o")

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -212,7 +213,7 @@ def _import_ray(local: bool):
     return ray
 
 
-def _connect(ray, args, cpus_needed: int) -> bool:
+def _connect(ray, args) -> bool:
     """Join --ray-address, or start a one-node Ray in this process; True when this call started it."""
     if ray.is_initialized():
         return False
@@ -221,6 +222,7 @@ def _connect(ray, args, cpus_needed: int) -> bool:
     if args.ray_address:
         ray.init(address=args.ray_address, **{k: v for k, v in quiet.items() if k != "include_dashboard"})
         return True
+    cpus_needed = math.ceil((args.workers or 1) * args.cpus_per_worker)
     ray.init(num_cpus=max(os.cpu_count() or 1, cpus_needed), object_store_memory=LOCAL_OBJECT_STORE_BYTES, **quiet)
     return True
 
@@ -280,7 +282,12 @@ def _results(ray, args, task: str, todo: List[Item], out: Out) -> Iterator[dict]
     # prefetch_batches=0: each result is handed over as soon as its task ends (iter_rows holds one back)
     for batch in ds.iter_batches(batch_size=None, prefetch_batches=0, batch_format="numpy"):
         for i in range(len(batch["input"])):
-            yield {c: getattr(batch[c][i], "item", lambda v=batch[c][i]: v)() for c in (*COLUMNS, *EXTRA)}
+            yield {c: _plain(batch[c][i]) for c in (*COLUMNS, *EXTRA)}
+
+
+def _plain(value):
+    """A numpy scalar as the Python value (strings come back as str already)."""
+    return value.item() if hasattr(value, "item") else value
 
 
 class Manifest:
@@ -341,8 +348,7 @@ def run_cluster(args, task: str) -> int:
         if todo:
             run.weight_paths(args, task, out)  # fetch missing weights once, here, before any worker starts
             ray = _import_ray(local=not args.ray_address)
-            cpw = args.cpus_per_worker
-            started = _connect(ray, args, int((args.workers or 1) * cpw + 0.999))
+            started = _connect(ray, args)
             for row in _results(ray, args, task, todo, out):
                 if row["fatal"]:
                     raise UserError(f"a worker could not load the networks: {row['fatal']}")
