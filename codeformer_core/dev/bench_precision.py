@@ -54,12 +54,26 @@ def run(model, x, repeats: int):
     return out.float().cpu().numpy(), idx.cpu().numpy(), min(times) / x.shape[0]
 
 
+def speed_rows(sd, x, n: int) -> None:
+    """float32 vs ``dtype="bf16"`` (the chosen policy), interleaved passes, best of each."""
+    models = {d: load_model({"params_ema": sd}, device=x.device, dtype=d) for d in ("fp32", "bf16")}
+    times = {d: [] for d in models}
+    for _ in range(n):
+        for d, model in models.items():
+            times[d].append(run(model, x, 0)[2])
+    t32, t16 = min(times["fp32"]), min(times["bf16"])
+    print(f"speed, interleaved best of {n}: fp32 {t32:.2f} s/face ({1 / t32:.3f} faces/s), bf16 {t16:.2f} s/face "
+          f"({1 / t16:.3f} faces/s): {t32 / t16:.2f}x   [{load_avg()}]", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--policies", default=",".join(CANDIDATES), help="comma-separated names of precision.CANDIDATES")
     ap.add_argument("--dtypes", default="bf16,fp16")
     ap.add_argument("--repeats", type=int, default=0, help="more timed passes after the measured one")
+    ap.add_argument("--speed", type=int, default=0, metavar="N",
+                    help="also time float32 and the chosen bf16 policy N times each, interleaved (best of)")
     args = ap.parse_args(argv)
     device = resolve_device(args.device)
     x, idx_ref, out_ref, sd = golden_case()
@@ -86,6 +100,8 @@ def main(argv=None):
                 model.set_dtype({"bf16": torch.bfloat16, "fp16": torch.float16}[dtype], blocks)
             row(name, dtype + (" (emul.)" if emulate else ""), model, timed=not emulate)
             del model
+    if args.speed:
+        speed_rows(sd, x, args.speed)
     t32 = rows[0][5]
     print(f"\n{'policy':26s} {'dtype':12s} {'codes kept':>10s} {'out max':>9s} {'out mean':>9s} {'s/face':>7s} {'vs fp32':>8s}")
     for name, dtype, agree, emax, emean, dt in rows:
