@@ -20,7 +20,7 @@ from .errors import WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
 from .faces.detect import Detections, FaceDetector
-from .faces.paste import parse_labels_to_masks, paste_bands, to_luminance
+from .faces.paste import PIXEL_SCALES, parse_labels_to_masks, paste_bands, to_luminance
 from .faces.tracks import LandmarkSmoother, smooth_detections
 from .tasks import BY_VARIANT, TASKS
 
@@ -33,12 +33,11 @@ MODEL_SIZE = 512
 
 
 # -- frames ------------------------------------------------------------------------------------
-def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
-    """Any image batch to float32 [B,3,H,W] RGB in 0..1.
+def image_batch(images: Union[Tensor, np.ndarray]) -> Tensor:
+    """Any image input as a [B,H,W,C] tensor, without copying (a numpy array is shared).
 
     Accepts ComfyUI IMAGE tensors [B,H,W,C] (C = 1, 3 or 4; alpha is dropped, gray is
     replicated), single images [H,W] / [H,W,C], and uint8 / uint16 / float numpy arrays.
-    NaN or infinite values are refused rather than silently spread into the output.
     """
     t = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     if not isinstance(t, Tensor):
@@ -51,16 +50,29 @@ def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
         raise ValueError(f"expected images [B,H,W,C], got shape {tuple(t.shape)}")
     if t.shape[-1] not in (1, 2, 3, 4):
         raise ValueError(f"expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {t.shape[-1]}")
-    scale = 255.0 if t.dtype == torch.uint8 else 65535.0 if t.dtype in (torch.int16, torch.int32, torch.uint16) \
-        or str(t.dtype) == "torch.uint16" else None
+    return t
+
+
+def rgb_planes(batch: Tensor) -> Tensor:
+    """[B,H,W,C] -> a [B,3,H,W] view of the same pixels: gray replicated, alpha dropped."""
+    c = batch.shape[-1]
+    return (batch[..., :1].expand(*batch.shape[:-1], 3) if c <= 2 else batch[..., :3]).permute(0, 3, 1, 2)
+
+
+def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
+    """Any image batch (see ``image_batch``) to float32 [B,3,H,W] RGB in 0..1.
+
+    Integer pixels are scaled by ``faces.paste.PIXEL_SCALES`` (uint8 by 255, 16-bit by 65535).
+    NaN or infinite values are refused rather than silently spread into the output.
+    """
+    t = image_batch(images)
+    scale = PIXEL_SCALES.get(t.dtype)
     if scale is None and t.numel() and not torch.isfinite(t).all():
         raise ValueError("image contains NaN or infinite values; fix the node that produced it "
                          "(for example a VAE decode in the wrong precision)")
-    c = t.shape[-1]
-    rgb = (t[..., :1].expand(*t.shape[:-1], 3) if c <= 2 else t[..., :3]).permute(0, 3, 1, 2)
     # One float32 copy in the [B,3,H,W] layout, then scaled and clamped in place (a large photo
     # is 12 bytes a pixel; no second or third copy on the way).
-    x = rgb.to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format)
+    x = rgb_planes(t).to(device=device, dtype=torch.float32, memory_format=torch.contiguous_format)
     if scale is not None:
         return x.div_(scale).clamp_(0, 1)
     return x.clamp(0, 1) if x.data_ptr() == t.data_ptr() else x.clamp_(0, 1)
@@ -270,8 +282,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     over the clip); the detector is then not run.
     ``memory_budget`` (bytes; ``chunks.DEFAULT_MEMORY_BUDGET`` when None) is the working memory
     of the call besides the networks' weights: it sizes the frame chunks (``frames_per_chunk``
-    None), caps the network batch (``batch_size`` is the most) and sets the height of the bands
-    the output is pasted in (``faces.paste.paste_bands``). Free memory is never looked at: on a
+    None), caps the network batch (``batch_size`` is the most), sets the height of the bands
+    the output is pasted in and how many faces' layers are made at once (``faces.paste.paste_bands``). Free memory is never looked at: on a
     shared machine it is someone else's.
     ``sink(first_frame, first_row, images [n,r,Ws,3], mask [n,r,Ws])`` (CPU float32) takes the
     output band by band instead of it being collected, so a caller that writes files never holds
@@ -284,10 +296,10 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     if detector is None and detections is None and not has_aligned:
         raise ValueError("a face detector is needed unless the images are already aligned faces")
     work_device = device or next(model.parameters()).device
-    frames_all = to_frames(images)  # stays on the CPU; chunks move to the device
-    b, _, height, width = frames_all.shape
+    batch = image_batch(images)  # as given; each chunk is converted to float frames on its own
+    b, height, width = batch.shape[:3]
     if b == 0:
-        return RestoreResult(torch.zeros(0, *frames_all.shape[-2:], 3), torch.zeros(0, *frames_all.shape[-2:]), [])
+        return RestoreResult(torch.zeros(0, height, width, 3), torch.zeros(0, height, width), [])
     out_h, out_w = int(height * upscale), int(width * upscale)
     budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
     if frames_per_chunk is None:
@@ -305,10 +317,14 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
 
     def chunk(start: int, stop: int):
         nonlocal done_faces
-        frames = frames_all[start:stop].to(work_device)
+        part = batch[start:stop]
+        frames = to_frames(part, device=work_device)
         faces = aligned_faces(frames) if has_aligned else \
             detect_faces(frames, detector, smoother=smoother, **detect_kwargs,
                          detections=None if detections is None else detections.take_frames(range(start, stop)))
+        if batch.dtype in PIXEL_SCALES and not has_aligned:
+            # Pasted from the pixels as read: the float copy is let go before the network runs.
+            frames = rgb_planes(part).to(work_device)
         offset, n_faces = done_faces, len(faces)
         run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=offset,
                    progress=None if progress is None else (lambda d, _t: progress(d, max(d, offset + n_faces))))
@@ -327,7 +343,7 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
             bands = paste_bands(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
                                 visibility=visibility, color_match=color_match,
                                 background_upscaler=background_upscaler,
-                                band_rows=band_rows_for(out_w, stop - start, budget))
+                                band_rows=band_rows_for(out_w, stop - start, budget), layer_bytes=budget // 4)
         for row0, pasted, mask in bands:
             sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())
         done_faces += n_faces
@@ -371,10 +387,10 @@ def faces_per_batch(model, budget: Optional[int] = None) -> int:
 
 
 def band_rows_for(out_width: int, frames: int, budget: Optional[int] = None) -> int:
-    """Output rows per paste band for ``frames`` frames ``out_width`` wide, within a quarter of
+    """Output rows per paste band for ``frames`` frames ``out_width`` wide, within an eighth of
     ``budget``."""
     budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
-    return chunk_size_for(max(1, frames) * out_width * 3 * 4 * BAND_COPIES, budget // 4, most=1 << 30)
+    return chunk_size_for(max(1, frames) * out_width * 3 * 4 * BAND_COPIES, budget // 8, most=1 << 30)
 
 
 def _chunk_masks(masks: Tensor, start: int, stop: int) -> Tensor:

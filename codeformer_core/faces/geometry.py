@@ -8,7 +8,7 @@ common size so that every face of a batch goes through one ``grid_sample``.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 
@@ -88,18 +88,19 @@ def face_windows(points: torch.Tensor, height: int, width: int,
     return y0, h, x0, w
 
 
-def window_grid(c: torch.Tensor, h: int, w: int, device) -> torch.Tensor:
+def window_grid(c: torch.Tensor, h: int, w: int, device, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """grid [N,h,w,2] float32 on ``device`` with grid[n,y,x] = c[n] @ (x, y, 1).
 
     c [N,2,3] float64 (CPU). Built from small per-row / per-column vectors (float64, then
     float32) and one broadcast add per coordinate on the device: cheaper than F.affine_grid
-    and accurate, since the big offsets are folded in float64 first.
+    and accurate, since the big offsets are folded in float64 first. ``rows`` (y0, y1): only
+    those rows of the grid (each the same values as in the whole grid).
     """
     n = c.shape[0]
     c = c.to(device="cpu", dtype=torch.float64)
     xs = torch.arange(w, dtype=torch.float64)
-    ys = torch.arange(h, dtype=torch.float64)
-    grid = torch.empty(n, h, w, 2, device=device, dtype=torch.float32)
+    ys = torch.arange(h, dtype=torch.float64) if rows is None else torch.arange(rows[0], rows[1], dtype=torch.float64)
+    grid = torch.empty(n, ys.numel(), w, 2, device=device, dtype=torch.float32)
     for k in range(2):
         ax = (c[:, k, 0, None] * xs + c[:, k, 2, None]).to(device=device, dtype=torch.float32)
         by = (c[:, k, 1, None] * ys).to(device=device, dtype=torch.float32)

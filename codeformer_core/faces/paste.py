@@ -18,6 +18,7 @@ for output and selection (``order="given"`` composites in the batch's order inst
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
@@ -28,7 +29,8 @@ from .geometry import (apply_affine, compose_affine, face_windows, invert_affine
                        row_chunks, translation, window_grid)
 
 __all__ = ["paste_faces", "paste_bands", "paste_affines", "paste_order", "PASTE_ORDERS", "parse_labels_to_masks",
-           "resize_lanczos4", "resize_frames", "resize_row_step", "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d",
+           "resize_lanczos4", "resize_frames", "resize_row_step", "resize_input_rows", "to_unit",
+           "PIXEL_SCALES", "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d",
            "to_luminance"]
 
 # facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (0 = dropped:
@@ -114,16 +116,26 @@ def _sliding_min(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
     """Minimum over k consecutive entries along dim (output shorter by k - 1).
 
     Windows of length p double by min(e[i], e[i + p]); two overlapping power-of-two windows
-    then cover any k: log2(k) + 1 elementwise minima instead of a k-wide pool.
+    then cover any k: log2(k) + 1 elementwise minima instead of a k-wide pool. The steps take
+    turns writing into two buffers (a face window's plane each), not a new tensor per step.
     """
+    buffers, turn = None, 0
     e, p = x, 1
+
+    def minimum(shift: int, L: int) -> torch.Tensor:
+        nonlocal buffers, turn
+        if buffers is None:
+            buffers = (torch.empty_like(x, memory_format=torch.contiguous_format),
+                       torch.empty_like(x, memory_format=torch.contiguous_format))
+        out = buffers[turn].narrow(dim, 0, L)
+        turn ^= 1
+        return torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, shift, L), out=out)
+
     while 2 * p <= k:
-        L = e.shape[dim] - p
-        e = torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, p, L))
+        e = minimum(p, e.shape[dim] - p)
         p *= 2
     if p < k:
-        L = e.shape[dim] - (k - p)
-        e = torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, k - p, L))
+        e = minimum(k - p, e.shape[dim] - (k - p))
     return e
 
 
@@ -174,7 +186,8 @@ def _lanczos4_weights(fx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return sx.long() - 3, wgt / wgt.sum(1, keepdim=True)
 
 
-def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[int, int]] = None,
+                   in_n: Optional[int] = None, in_offset: int = 0) -> torch.Tensor:
     """Lanczos-4 along one axis of a 4-D tensor, like cv2.resize: output d samples the input
     at (d + 0.5) * in/out - 0.5, borders replicated.
 
@@ -184,12 +197,13 @@ def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[i
 
     ``rows`` (dim 2 only): just outputs ``rows[0]:rows[1]``, reading only the input rows they
     need; both ends multiples of ``resize_row_step`` (or ``out_n``), so every output row is
-    computed by the same operations as in the whole resize.
+    computed by the same operations as in the whole resize. ``x`` may then hold only input rows
+    ``in_offset ..`` (at least ``resize_input_rows``) of an input ``in_n`` rows long.
     """
-    in_n = x.shape[dim]
+    in_n = x.shape[dim] if in_n is None else int(in_n)
     o0, o1 = (0, out_n) if rows is None else (int(rows[0]), int(rows[1]))
     if in_n == out_n:
-        return x if rows is None else x.narrow(dim, o0, o1 - o0)
+        return x if rows is None else x.narrow(dim, o0 - in_offset, o1 - o0)
     dev = x.device
     g = math.gcd(in_n, out_n)
     P, Q = out_n // g, in_n // g
@@ -202,7 +216,7 @@ def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[i
         a = int(first.min()) + Q * j0                 # first and last input row read
         b = int(first.max()) + 7 + Q * (j1 - 1)
         lo, hi = max(0, -a), max(0, b - (in_n - 1))
-        xs = x.narrow(dim, max(0, a), min(in_n - 1, b) + 1 - max(0, a))
+        xs = x.narrow(dim, max(0, a) - in_offset, min(in_n - 1, b) + 1 - max(0, a))
         pad = (lo, hi, 0, 0) if dim == 3 else (0, 0, lo, hi)
         xp = F.pad(xs, pad, mode="replicate") if (lo or hi) else xs   # xp's index 0 is input row a
         phases = []
@@ -240,11 +254,17 @@ def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[i
     wb.scatter_add_(2, cols, wgt.view(nb, bo, 8))
     rows_in = (start[:, None] + torch.arange(run)).clamp(0, in_n - 1)        # replicate border
     B, C, _, W = x.shape
-    xr = x.permute(2, 0, 1, 3).reshape(in_n, B * C * W)
-    xb = xr.index_select(0, rows_in.flatten().to(dev)).view(nb, run, B * C * W)
+    xr = x.permute(2, 0, 1, 3).reshape(x.shape[2], B * C * W)
+    xb = xr.index_select(0, (rows_in.flatten() - in_offset).to(dev)).view(nb, run, B * C * W)
     y = torch.bmm(wb.to(device=dev, dtype=x.dtype), xb)                      # [nb,bo,N]
     y = y.view(nb * bo, B, C, W)[:n_out]
     return y.permute(1, 2, 0, 3)
+
+
+def resize_input_rows(in_h: int, out_h: int, r0: int, r1: int) -> Tuple[int, int]:
+    """The input rows [a, b) an enlarging ``resize_frames`` reads for output rows [r0, r1)."""
+    first, _ = _lanczos4_weights((torch.tensor([r0, r1 - 1], dtype=torch.float64) + 0.5) * (in_h / out_h) - 0.5)
+    return max(0, int(first[0])), min(in_h, int(first[1]) + 8)
 
 
 def resize_row_step(in_h: int, out_h: int) -> int:
@@ -256,11 +276,13 @@ def resize_row_step(in_h: int, out_h: int) -> int:
     return p if p <= 16 else 32
 
 
-def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None,
+                    in_h: Optional[int] = None, in_offset: int = 0) -> torch.Tensor:
     """Lanczos-4 resize of [B,C,H,W] float like cv2.resize(INTER_LANCZOS4), clamped to 0..1
-    (the reference resizes uint8, which saturates). ``rows``: only those output rows."""
+    (the reference resizes uint8, which saturates). ``rows``: only those output rows; ``x`` may
+    then be input rows ``in_offset ..`` of an input ``in_h`` rows tall (``resize_input_rows``)."""
     xf = x.to(torch.float32) if x.dtype not in (torch.float32, torch.float64) else x
-    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h, rows), 3, out_w)
+    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h, rows, in_h, in_offset), 3, out_w)
     return y.clamp_(0.0, 1.0).to(x.dtype).contiguous()
 
 
@@ -399,6 +421,8 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
 
     ``paste_bands`` gives the same result in bands of rows, without the whole output in memory.
     """
+    if not frames.is_floating_point():
+        raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
     (_, out, mask_out), = paste_bands(frames, faces, restored, upscale, background=background,
                                       background_upscaler=background_upscaler, parse_masks=parse_masks,
                                       visibility=visibility, color_match=color_match, feather=feather,
@@ -407,19 +431,26 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
 
 
 def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
-                upscale: float = 1.0, *, band_rows: Optional[int] = None, background: Optional[torch.Tensor] = None,
+                upscale: float = 1.0, *, band_rows: Optional[int] = None, layer_bytes: Optional[int] = None,
+                background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                **face_options) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+                parse_masks: Optional[torch.Tensor] = None, visibility: Union[float, torch.Tensor] = 1.0,
+                order: str = "score", **face_options) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
     """``paste_faces`` in bands of about ``band_rows`` output rows (None: one band of all rows):
     yields (first row, frames [B,3,r,Ws], mask [B,1,r,Ws]) band after band, top to bottom.
+    ``frames`` may also be integer pixels (uint8, 16-bit: ``PIXEL_SCALES``), e.g. a view of a
+    photo as read, converted band by band: no float copy of a whole large frame is needed.
 
     The faces' warped layers are made once; each band holds only its rows of the background
     (the resize reads only the input rows it needs; an upscaler with ``rows`` runs only the
     tiles it needs) and composites the parts of the faces that fall in it, so every pixel is
     what ``paste_faces`` gives (the band height is rounded up to the resize's row step). A
     background given as a tensor, a shrinking resize, or an upscaler whose scale is not the
-    output's is computed whole once and handed out band by band. ``face_options``: the other
-    options of ``paste_faces`` (parse_masks, visibility, color_match, feather, keep_gray, order).
+    output's is computed whole once and handed out band by band. ``layer_bytes``: the faces'
+    layers are made a group of faces at a time, each group within about this many bytes (None:
+    all at once, as ``paste_faces``); a big face needs ~``LAYER_PLANES`` float planes of its
+    window meanwhile. ``face_options``: the other options of ``paste_faces`` (color_match,
+    feather, keep_gray).
     """
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
@@ -432,25 +463,93 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     if not s > 0:
         raise ValueError("upscale must be > 0")
     Hs, Ws = int(H * s), int(W * s)
-    if not frames.is_floating_point():
-        raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
+    if not frames.is_floating_point() and frames.dtype not in PIXEL_SCALES:
+        raise TypeError("frames must be float (0..1) or integer pixels, got " + str(frames.dtype))
     background_rows, step = _background_source(frames, Hs, Ws, background, background_upscaler)
-    layers = _face_layers(frames, faces, restored, s, Hs, Ws, **face_options) if len(faces) else None
+    n = len(faces)
+    rest = faces.crops if restored is None else restored
+    if rest.shape[0] != n:
+        raise ValueError(f"expected {n} restored crops, got {rest.shape[0]}")
+    pm = None if parse_masks is None or not n else parse_masks.reshape(n, 1, *parse_masks.shape[-2:])
+    vis = _as_per_face(visibility, n, frames.device)
+    Sr = int(rest.shape[-1])
+    composite_order = paste_order(faces, order) if n else []
+    # Rows each face's pasted pixels span (its own window): its layers are made when the first
+    # band reaching it comes, and dropped after its last. Without layer_bytes: all at once, one
+    # common window, as paste_faces.
+    spans = [_windows(faces.inverse_affines[i:i + 1], faces.crop_size, Sr, s, Hs, Ws)[1:3] for i in range(n)] \
+        if layer_bytes is not None else [(0, Hs)] * n
+    waiting = sorted(range(n), key=lambda i: int(spans[i][0]))
+    live = {}   # face -> (frame, top, left, pasted [3,h,w], soft [1,h,w])
     step = Hs if not band_rows else max(step, -(-int(band_rows) // step) * step)
     for r0 in range(0, Hs, step):
         r1 = min(Hs, r0 + step)
+        starting = sorted(i for i in waiting if int(spans[i][0]) < r1)
+        waiting = [i for i in waiting if int(spans[i][0]) >= r1]
+        for g in _layer_groups(faces, starting, Sr, s, Hs, Ws, layer_bytes):
+            made = _face_layers(frames, faces.select(g), rest[g], s, Hs, Ws, parse_masks=None if pm is None
+                                else pm[g], visibility=vis[g], **face_options)
+            live.update(zip(g.tolist(), made))
         out = background_rows(r0, r1)
         mask_out = torch.zeros(B, 1, r1 - r0, Ws, dtype=torch.float32, device=frames.device)
-        if layers is not None:
-            _composite(out, mask_out, r0, layers)
+        _composite(out, mask_out, r0, [live[i] for i in composite_order if i in live])
+        for i in [i for i in live if int(spans[i][0]) + int(spans[i][1]) <= r1]:
+            del live[i]
         yield r0, out, mask_out
+
+
+LAYER_PLANES = 40  # float32 planes of its window one face needs while its layers are made (measured 37-41)
+
+
+def _windows(inverse_affines: torch.Tensor, crop_size: int, Sr: int, s: float, Hs: int, Ws: int):
+    """(inv [N,2,3] restored crop -> output pixels, y0, h, x0, w): one window size that holds
+    every face's warped crop, plus a margin. The warped mask is non-zero where the crop position
+    lies in (-1, Sr); the soft mask can reach one pixel further (even erosion anchor, whatever
+    the feather); 3 pixels of margin cover both and keep the window's edge pixels 0 (the blur
+    pads interior sides with them)."""
+    inv = paste_affines(inverse_affines, s, crop_size, Sr)   # CPU float64
+    corners = torch.tensor([[-1.0, -1.0], [Sr, -1.0], [-1.0, Sr], [Sr, Sr]], dtype=torch.float64)
+    return (inv, *face_windows(apply_affine(inv, corners[None]), Hs, Ws, margin=3))
+
+
+def _layer_groups(faces: FaceBatch, which: list, Sr: int, s: float, Hs: int, Ws: int,
+                  layer_bytes: Optional[int]) -> list:
+    """The faces ``which`` (index tensors, in that order) in groups whose layers are made together:
+    all of them, or consecutive groups whose common window costs at most ``layer_bytes`` (a face
+    alone may cost more)."""
+    if not which or layer_bytes is None:
+        return [torch.tensor(which, dtype=torch.long)] if which else []
+    groups, group, gh, gw = [], [], 0, 0
+    for i in which:
+        _, _, h, _, w = _windows(faces.inverse_affines[i:i + 1], faces.crop_size, Sr, s, Hs, Ws)
+        nh, nw = max(gh, h), max(gw, w)
+        if group and (len(group) + 1) * nh * nw * 4 * LAYER_PLANES > layer_bytes:
+            groups.append(torch.tensor(group))
+            group, nh, nw = [], h, w
+        group.append(i)
+        gh, gw = nh, nw
+    return groups + [torch.tensor(group)]
+
+
+# Integer pixel types frames may come in, and the value that is 1.0 (as pipeline.to_frames reads them).
+PIXEL_SCALES = {torch.uint8: 255.0, torch.int16: 65535.0, torch.int32: 65535.0,
+                **({torch.uint16: 65535.0} if hasattr(torch, "uint16") else {})}
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """Pixels as float 0..1: integer types scaled by ``PIXEL_SCALES`` into a new float32 tensor,
+    float tensors as they are."""
+    scale = PIXEL_SCALES.get(x.dtype)
+    if scale is None:
+        return x
+    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(scale)
 
 
 def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optional[torch.Tensor],
                        upscaler) -> Tuple[Callable[[int, int], torch.Tensor], int]:
     """(rows(r0, r1) -> fresh [B,3,r1-r0,Ws] background rows the caller may write into, the row
-    step bands must keep)."""
-    dev, out_dtype = frames.device, frames.dtype
+    step bands must keep). Integer ``frames`` are converted only as far as each band needs."""
+    dev, out_dtype = frames.device, _float_dtype(frames)
     B, _, H, W = frames.shape
     whole = None
     if background is not None:
@@ -460,35 +559,38 @@ def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optio
         whole = resize_frames(bg, Hs, Ws)
     elif (Hs, Ws) != (H, W) and upscaler is not None:
         scale, tile = getattr(upscaler, "scale", None), getattr(upscaler, "row_step", 0)
+        unit = to_unit(frames)
         if getattr(upscaler, "rows", None) is not None and tile and (H * scale, W * scale) == (Hs, Ws):
-            return (lambda r0, r1: upscaler.rows(frames, r0 // scale, r1 // scale).to(dev, out_dtype)), tile * scale
-        whole = resize_frames(upscaler(frames).to(device=dev, dtype=out_dtype), Hs, Ws)
+            return (lambda r0, r1: upscaler.rows(unit, r0 // scale, r1 // scale).to(dev, out_dtype)), tile * scale
+        whole = resize_frames(upscaler(unit).to(device=dev, dtype=out_dtype), Hs, Ws)
     if whole is not None:
         owned = not (_shares_memory(whole, frames) or (background is not None and _shares_memory(whole, background)))
         return (lambda r0, r1: whole[:, :, r0:r1] if owned and (r0, r1) == (0, Hs)
                 else whole[:, :, r0:r1].clone(memory_format=torch.contiguous_format)), 1
-    src = frames.to(out_dtype)
     if (Hs, Ws) == (H, W):  # the input's own rows are the caller's memory: copied, never written into
-        return (lambda r0, r1: src[:, :, r0:r1].clone(memory_format=torch.contiguous_format)), 1
-    if Hs >= H and Ws >= W:  # enlarging: each band reads only the input rows it needs
-        return (lambda r0, r1: resize_frames(src, Hs, Ws, rows=(r0, r1))), resize_row_step(H, Hs)
-    whole = resize_frames(src, Hs, Ws)
+        return (lambda r0, r1: to_unit(frames[:, :, r0:r1]).to(out_dtype).clone(memory_format=torch.contiguous_format)), 1
+    if Hs >= H and Ws >= W:  # enlarging: each band reads (and converts) only the input rows it needs
+
+        def rows(r0: int, r1: int) -> torch.Tensor:
+            a, b = resize_input_rows(H, Hs, r0, r1)
+            return resize_lanczos4(to_unit(frames[:, :, a:b]).to(out_dtype), Hs, Ws, (r0, r1), H, a)
+        return rows, resize_row_step(H, Hs)
+    whole = resize_frames(to_unit(frames).to(out_dtype), Hs, Ws)
     return (lambda r0, r1: whole if (r0, r1) == (0, Hs) else whole[:, :, r0:r1].clone()), 1
 
 
-def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor], s: float,
-                 Hs: int, Ws: int, parse_masks: Optional[torch.Tensor] = None,
-                 visibility: Union[float, torch.Tensor] = 1.0, color_match: bool = False,
-                 feather: Optional[int] = None, keep_gray: bool = True, order: str = "score") -> dict:
-    """Each face warped into its window of the output: the pasted pixels, the soft blend weight,
-    the window's place, and the composite order."""
+def _float_dtype(frames: torch.Tensor) -> torch.dtype:
+    return frames.dtype if frames.is_floating_point() else torch.float32
+
+
+def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor, s: float, Hs: int, Ws: int,
+                 parse_masks: Optional[torch.Tensor] = None, visibility: Union[float, torch.Tensor] = 1.0,
+                 color_match: bool = False, feather: Optional[int] = None, keep_gray: bool = True) -> list:
+    """Each face's ``FaceLayer`` (one common window size for the group), in order."""
     dev = frames.device
     n = len(faces)
     # ---- crops to paste (crop space): gray / colour handling happen before warping
-    rest = faces.crops if restored is None else restored
-    if rest.shape[0] != n:
-        raise ValueError(f"expected {n} restored crops, got {rest.shape[0]}")
-    rest = rest.to(device=dev, dtype=torch.float32)
+    rest = restored.to(device=dev, dtype=torch.float32)
     Sr = int(rest.shape[-1])
     pm = None
     if parse_masks is not None:
@@ -504,36 +606,25 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torc
     if keep_gray and faces.gray is not None and bool(faces.gray.any()):
         g = faces.gray.to(dev).view(n, 1, 1, 1)
         rest = torch.where(g, to_luminance(rest), rest)
-    src = rest if pm is None else torch.cat([rest, pm], 1)
 
     # ---- geometry (float64): restored-crop pixels <-> output pixels
-    inv = paste_affines(faces.inverse_affines, s, faces.crop_size, Sr)   # CPU float64
+    inv, y0, h, x0, w = _windows(faces.inverse_affines, faces.crop_size, Sr, s, Hs, Ws)
     fwd = invert_affine64(inv)                             # output pixels -> restored crop pixels
-    # The warped mask is non-zero where the crop position lies in (-1, Sr); the soft mask can
-    # reach one pixel further (even erosion anchor, whatever the feather); 3 pixels of margin
-    # cover both and keep the window's edge pixels 0 (the blur pads interior sides with them).
-    margin = 3
-    corners = torch.tensor([[-1.0, -1.0], [Sr, -1.0], [-1.0, Sr], [Sr, Sr]], dtype=torch.float64)
-    y0, h, x0, w = face_windows(apply_affine(inv, corners[None]), Hs, Ws, margin)
     reflect_sides = torch.stack([y0 == 0, y0 + h == Hs, x0 == 0, x0 + w == Ws], 1).to(dev)
 
-    # ---- one warp for all faces (face pixels, plus the parse mask as a 4th channel)
+    # ---- the blend weight over each face's whole window (it needs the whole window: the mask's
+    # area sets the feather, the erosions and the blur reach far). The face pixels themselves
+    # are warped band by band when composited (``_face_pixels``), so only this plane is kept.
     # window pixels -> output pixels -> restored-crop pixels -> normalised crop coordinates
     c = compose_affine(pixel_to_normalized(Sr, Sr), compose_affine(fwd, translation(x0, y0)))
     grid = window_grid(c, h, w, dev)
-    warped = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    face = warped[:, :3].clamp_(0.0, 1.0)  # restored crops may overshoot (network output)
+    erode = max(int(2 * s), 1)
     if pm is not None:
-        soft = warped[:, 3:4]
-        pasted = face
+        soft = F.grid_sample(pm, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        del grid
     else:
-        # Warped ones image in closed form: per axis the in-range bilinear weights sum to
-        # clamp(min(u + 1, Sr - u), 0, 1) = clamp(0.5 + Sr/2 * (1 - |g|), 0, 1), g normalised.
-        half = Sr / 2.0
-        cov = torch.add(torch.full((), half + 0.5, device=dev), grid.abs(), alpha=-half).clamp_(0.0, 1.0)
-        m = (cov[..., 0] * cov[..., 1])[:, None]
-        m1 = _erode(m, max(int(2 * s), 1))
-        pasted = face * m1
+        m1 = _erode(_warped_ones(grid, Sr), erode)
+        del grid
         if feather is None:
             area = m1.sum((1, 2, 3))
             w_edge = torch.floor(torch.sqrt(area)).long() // 20
@@ -541,6 +632,7 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torc
             w_edge = torch.full((n,), int(feather), dtype=torch.long, device=dev)
         # cv2.erode given the empty kernel of w_edge = 0 erodes by a 3x3 square instead.
         m2 = _erode(m1, torch.where(w_edge == 0, torch.full_like(w_edge, 3), 2 * w_edge))
+        del m1
         ks = (2 * w_edge + 1).tolist()
         K = max(ks)
         kern = torch.zeros(n, K, dtype=torch.float64)
@@ -555,27 +647,70 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torc
     vis = _as_per_face(visibility, n, dev)
     if not bool((vis == 1).all()):
         soft = soft * vis.view(n, 1, 1, 1)
+    dtype = _float_dtype(frames)
+    return [FaceLayer(f, y, x, c[i:i + 1], rest[i:i + 1], soft[i], None if pm is not None else erode, dtype)
+            for i, (f, y, x) in enumerate(zip(faces.frame_index.tolist(), y0.tolist(), x0.tolist()))]
 
-    return dict(pasted=pasted, soft=soft, top=y0.tolist(), left=x0.tolist(), h=h, w=w,
-                frame=faces.frame_index.tolist(), order=paste_order(faces, order))
+
+def _warped_ones(grid: torch.Tensor, Sr: int) -> torch.Tensor:
+    """The warped "ones" image of an Sr x Sr crop over ``grid`` [N,h,w,2], [N,1,h,w], in closed
+    form: per axis the in-range bilinear weights sum to clamp(min(u + 1, Sr - u), 0, 1) =
+    clamp(0.5 + Sr/2 * (1 - |g|), 0, 1), g normalised. (``grid`` is used up.)"""
+    half = Sr / 2.0
+    cov = torch.add(torch.full((), half + 0.5, device=grid.device), grid.abs_(), alpha=-half).clamp_(0.0, 1.0)
+    return (cov[..., 0] * cov[..., 1])[:, None]
 
 
-def _composite(out: torch.Tensor, mask_out: torch.Tensor, row0: int, layers: dict) -> None:
-    """Blend the faces' layers, in paste order, into output rows ``row0 ..`` held by ``out``
-    [B,3,r,Ws] and ``mask_out`` [B,1,r,Ws], in place."""
-    h, w = layers["h"], layers["w"]
-    pasted = layers["pasted"].to(out.dtype)
-    soft = layers["soft"]
-    soft_o = soft.to(out.dtype)
-    ones = torch.ones((), device=out.device, dtype=torch.float32).expand(1, h, w)
+@dataclass
+class FaceLayer:
+    """One face to composite: its window of the output (frame, top, left; size of ``soft``), the
+    map from window pixels to the crop's normalised coordinates ``c`` [1,2,3] (float64), the
+    crop ``src`` [1,3,S,S] as pasted (colour and gray handled), the blend weight ``soft``
+    [1,h,w], and the square mask's first erosion (None in parse mode: no square mask)."""
+    frame: int
+    top: int
+    left: int
+    c: torch.Tensor
+    src: torch.Tensor
+    soft: torch.Tensor
+    erode: Optional[int]
+    dtype: torch.dtype
+
+
+def _face_pixels(layer: FaceLayer, r0: int, r1: int) -> torch.Tensor:
+    """Window rows r0..r1 of the face as pasted, [3,r1-r0,w]: the crop warped there, times the
+    eroded square mask (computed on the rows the erosion reaches, so each row is what the whole
+    window gives)."""
+    h, w = layer.soft.shape[-2:]
+    halo = 0 if layer.erode is None else layer.erode
+    lo, hi = max(0, r0 - halo), min(h, r1 + halo)
+    grid = window_grid(layer.c, h, w, layer.src.device, rows=(lo, hi))
+    face = F.grid_sample(layer.src, grid[:, r0 - lo:r1 - lo], mode="bilinear", padding_mode="zeros",
+                         align_corners=False).clamp_(0.0, 1.0)   # restored crops may overshoot
+    if layer.erode is not None:
+        m1 = _erode(_warped_ones(grid, layer.src.shape[-1]), layer.erode)
+        face = face * m1[:, :, r0 - lo:r1 - lo]
+    return face[0].to(layer.dtype)
+
+
+def _composite(out: torch.Tensor, mask_out: torch.Tensor, row0: int, layers: list) -> None:
+    """Blend the faces' layers (``FaceLayer``, in paste order) into output rows ``row0 ..`` held
+    by ``out`` [B,3,r,Ws] and ``mask_out`` [B,1,r,Ws], in place."""
     band = out.shape[2]
-    chunks = row_chunks(h, 3 * w, out.device)
-    for i in layers["order"]:
-        b, y, x = layers["frame"][i], layers["top"][i] - row0, layers["left"][i]
-        for r0, r1 in chunks:      # window rows; only those inside the band
-            r0, r1 = max(r0, -y), min(r1, band - y)
+    for layer in layers:
+        y, x = layer.top - row0, layer.left
+        h, w = layer.soft.shape[-2:]
+        a, b = max(0, -y), min(h, band - y)       # the window rows inside the band
+        if a >= b:
+            continue
+        pasted = _face_pixels(layer, a, b)
+        soft = layer.soft
+        soft_o = soft.to(out.dtype)
+        ones = torch.ones((), device=out.device, dtype=torch.float32).expand(1, h, w)
+        for r0, r1 in row_chunks(h, 3 * w, out.device):
+            r0, r1 = max(r0, a), min(r1, b)
             if r0 >= r1:
                 continue
-            out[b, :, y + r0:y + r1, x:x + w].lerp_(pasted[i, :, r0:r1], soft_o[i, :, r0:r1])
+            out[layer.frame, :, y + r0:y + r1, x:x + w].lerp_(pasted[:, r0 - a:r1 - a], soft_o[:, r0:r1])
             # union 1 - (1 - m)(1 - soft) = lerp(m, 1, soft)
-            mask_out[b, :, y + r0:y + r1, x:x + w].lerp_(ones[:, r0:r1], soft[i, :, r0:r1])
+            mask_out[layer.frame, :, y + r0:y + r1, x:x + w].lerp_(ones[:, r0:r1], soft[:, r0:r1])
