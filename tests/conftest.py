@@ -1,74 +1,22 @@
-"""Shared fixtures: golden data and CodeFormer models with synthetic weights built in memory."""
+"""Fixtures shared by the tests; the helpers they use are in helpers.py."""
 from __future__ import annotations
 
-import json
+import asyncio
 import os
+import shutil
+import sys
+import time
+import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
-from codeformer_core.dev.synthetic import synth_state_dict
-
-DATA = Path(__file__).parent / "data"
-VARIANT_NAMES = ("restoration", "colorization", "inpainting")
+from helpers import COMFYUI_DIR, DATA, NODE_IDS, ROOT, Golden, write_synthetic_models
 
 torch.set_grad_enabled(False)
-
-
-class Golden:
-    """One golden case, from the repository's subsampled copy or a full set given by
-    ``CODEFORMER_GOLDEN_DIR`` (same format as ``shared/golden``; ``CODEFORMER_GOLDEN_SALT``)."""
-
-    def __init__(self, variant: str):
-        full_dir = os.environ.get("CODEFORMER_GOLDEN_DIR")
-        self.variant = variant
-        self.salt = int(os.environ.get("CODEFORMER_GOLDEN_SALT", "0"))
-        if full_dir:
-            z = np.load(Path(full_dir) / f"{variant}.npz")
-            self.arrays = {k: z[k] for k in z.files}
-            self.x = self.arrays["x"]
-            self.stride = 1
-            self.manifest = json.loads((Path(full_dir) / f"manifest_{variant}.json").read_text())
-        else:
-            z = np.load(DATA / "golden" / f"{variant}.npz")
-            self.arrays = {k.replace("_s4", ""): z[k] for k in z.files}
-            # x is stored as the uint8 image it was made from; this is bit-exact.
-            u8 = self.arrays.pop("x_u8")
-            self.x = ((u8 / 255).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)
-            self.stride = 4
-            self.manifest = json.loads((DATA / "golden" / f"manifest_{variant}.json").read_text())
-
-    @property
-    def ws(self):
-        return sorted(float(k[5:]) for k in self.arrays if k.startswith("out_w"))
-
-    def out(self, w: float) -> np.ndarray:
-        return self.arrays[f"out_w{w}"]
-
-    def sample(self, out: np.ndarray) -> np.ndarray:
-        """Bring a full-size model output onto the stored grid."""
-        return out[..., :: self.stride, :: self.stride]
-
-    def state_dict(self):
-        return synth_state_dict(self.manifest, salt=self.salt)
-
-
-TOLERANCE = {  # golden README, section 7: (max abs, mean abs)
-    "lq_feat": (1e-4, 5e-6), "logits": (3e-4, 3e-5), "quant_feat": (1e-4, 5e-6), "out": (1e-4, 5e-6),
-}
-
-
-def assert_close(name: str, got, want, tol=None):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
-    assert np.isfinite(got).all(), f"{name}: non-finite values"
-    max_tol, mean_tol = tol or TOLERANCE[name.split("[")[0]]
-    diff = np.abs(got - want)
-    assert diff.max() <= max_tol and diff.mean() <= mean_tol, \
-        f"{name}: max {diff.max():.3g} (<= {max_tol}), mean {diff.mean():.3g} (<= {mean_tol})"
-    return float(diff.max()), float(diff.mean())
 
 
 @pytest.fixture(scope="session")
@@ -95,5 +43,69 @@ def synthetic_model(golden):
     return get
 
 
-# Node-layer fixtures (the real ComfyUI, loaded headless; synthetic models folder); see tests/node_fixtures.py.
-from node_fixtures import astronaut_image, comfy_base, comfyui, progress  # noqa: E402,F401
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    """The synthetic models folder (helpers.write_synthetic_models), shared by every test that needs
+    weight files on disk: the command line's --models and ComfyUI's models/ (hard links)."""
+    return write_synthetic_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def comfy_base(tmp_path_factory, models_dir) -> Path:
+    """A ComfyUI base folder: models/ is the synthetic models folder (hard links, no second copy);
+    input/ holds the test images."""
+    base = tmp_path_factory.mktemp("comfy_base")
+    shutil.copytree(models_dir, base / "models", copy_function=os.link)
+    (base / "input").mkdir()
+    for name in ("astronaut.png", "astronaut_masked.png", "old_photo.png"):
+        shutil.copy(DATA / name, base / "input" / name)
+    return base
+
+
+@pytest.fixture(scope="session")
+def comfyui(comfy_base):
+    """ComfyUI's own modules, imported headless on the CPU, with the pack loaded by
+    ``nodes.load_custom_node`` exactly as the server loads a folder in custom_nodes/."""
+    if not (COMFYUI_DIR / "comfy_api" / "latest").is_dir():
+        pytest.fail(f"ComfyUI source not found at {COMFYUI_DIR}: run .ci/setup (it unpacks ComfyUI 0.3.64 "
+                    f"there) or point COMFYUI_DIR at a ComfyUI checkout")
+    shadow = sys.modules.get("nodes")
+    if shadow is not None and not str(getattr(shadow, "__file__", "")).startswith(str(COMFYUI_DIR)):
+        pytest.fail(f"'nodes' is already imported from {shadow.__file__}; the pack's nodes/ must not be "
+                    f"imported as a top-level package (it is loaded as part of the pack)")
+    if str(COMFYUI_DIR) not in sys.path:
+        sys.path.insert(0, str(COMFYUI_DIR))
+    from comfy.cli_args import args
+    args.cpu, args.base_directory = True, str(comfy_base)
+    import comfy.model_management
+    import comfy.utils
+    import execution
+    import folder_paths
+    import nodes
+    assert folder_paths.models_dir == str(comfy_base / "models"), "folder_paths was imported before the fixture"
+    start = time.perf_counter()
+    assert asyncio.run(nodes.load_custom_node(str(ROOT))), "ComfyUI could not load the pack (see the log above)"
+    load_seconds = time.perf_counter() - start
+    pack = sys.modules[str(ROOT).replace(".", "_x_")]
+    return types.SimpleNamespace(nodes=nodes, execution=execution, folder_paths=folder_paths,
+                                 mm=comfy.model_management, utils=comfy.utils, pack=pack, base=comfy_base,
+                                 load_seconds=load_seconds,
+                                 N={k: nodes.NODE_CLASS_MAPPINGS[k] for k in NODE_IDS if k in nodes.NODE_CLASS_MAPPINGS})
+
+
+@pytest.fixture
+def progress(comfyui):
+    """Records ComfyUI progress-bar updates [(value, total)] through ComfyUI's global hook (the
+    server installs one to show the bar)."""
+    events = []
+    comfyui.utils.set_progress_bar_global_hook(lambda value, total, preview, node_id=None:
+                                               events.append((value, total)))
+    yield events
+    comfyui.utils.set_progress_bar_global_hook(None)
+
+
+@pytest.fixture(scope="session")
+def astronaut_image() -> torch.Tensor:
+    """tests/data/astronaut.png as a ComfyUI IMAGE [1,256,256,3] (what LoadImage gives)."""
+    rgb = np.asarray(Image.open(DATA / "astronaut.png").convert("RGB")).astype(np.float32) / 255
+    return torch.from_numpy(rgb)[None]

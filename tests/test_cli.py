@@ -1,6 +1,6 @@
 """Command line on images and folders, the background upsampler, and the ``weights`` commands.
 
-Offline: synthetic weights in a temporary models folder, a local HTTP server on 127.0.0.1 for
+Offline: synthetic weights in a temporary models_dir folder, a local HTTP server on 127.0.0.1 for
 downloads. A CodeFormer forward costs ~10 s on a shared CPU, so only two tests run the
 network (aligned path, whole-image path); the others make detection find nothing.
 """
@@ -18,17 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading,
-                          models_dir)
+from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading)
 from codeformer_core import cli
 from codeformer_core.weights import registry as weights
 from codeformer_core.io.images import read_image
-from local_http import closed_port_url, serve
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return models_dir(tmp_path_factory)
+from helpers import closed_port_url, serve
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -68,8 +62,8 @@ def test_restore_help_lists_options(capsys):
         assert opt in out
 
 
-def test_usage_errors_are_one_line(capsys, tmp_path, models):
-    rc, _, err = run(capsys, "restore", tmp_path / "nope.png", "--models", models)
+def test_usage_errors_are_one_line(capsys, tmp_path, models_dir):
+    rc, _, err = run(capsys, "restore", tmp_path / "nope.png", "--models", models_dir)
     assert rc == cli.EXIT_ERROR and err.strip().count("\n") == 0 and "no such file" in err
     assert "Traceback" not in err
     rc, _, err = run(capsys, "restore", "--no-such-option", "x.png")
@@ -83,10 +77,10 @@ def test_usage_errors_are_one_line(capsys, tmp_path, models):
 
 # ----------------------------------------------------------------------------- the network paths
 @pytest.fixture(scope="module")
-def aligned_run(models, tmp_path_factory):
+def aligned_run(models_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("aligned")
     src = write_rgb(d / "face.png", aligned_face(128))
-    rc = cli.main(["restore", str(src), "--has-aligned", "-s", "2", "-w", "0.7", "--models", str(models),
+    rc = cli.main(["restore", str(src), "--has-aligned", "-s", "2", "-w", "0.7", "--models", str(models_dir),
                    *DETECTOR_ARGS])
     return rc, src, d / "face_restored.png"
 
@@ -128,13 +122,13 @@ def rrdb_file(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def whole_run(models, rrdb_file, tmp_path_factory):
+def whole_run(models_dir, rrdb_file, tmp_path_factory):
     """Whole image: detect (low threshold, centre face), restore, face + background upsample."""
     d = tmp_path_factory.mktemp("whole")
     src = write_rgb(d / "astronaut.jpg", astronaut((256, 256)))
     argv = ["restore", str(src), "-o", str(d / "out"), "-s", "2", "--only-center-face", "--draw-box",
             "--detection-threshold", "0.3", "--bg-upsampler", str(rrdb_file), "--face-upsample",
-            "--bg-tile", "96", "--models", str(models), *DETECTOR_ARGS]
+            "--bg-tile", "96", "--models", str(models_dir), *DETECTOR_ARGS]
     import io
     from contextlib import redirect_stdout
     buf = io.StringIO()
@@ -167,15 +161,15 @@ def test_spandrel_upscaler_tiles_match_whole(rrdb_file):
     assert (a - b).abs().mean() < 2e-2
 
 
-def test_bad_upscaler_file_is_one_line_error(capsys, tmp_path, models):
+def test_bad_upscaler_file_is_one_line_error(capsys, tmp_path, models_dir):
     bad = tmp_path / "up.pth"
     torch.save({"foo.weight": torch.zeros(2)}, bad)
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
-    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", bad, "--models", models, *DETECTOR_ARGS)
+    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", bad, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and "spandrel" in err and "Traceback" not in err
 
 
-def test_upscaler_without_spandrel_says_what_to_install(capsys, tmp_path, models, rrdb_file, monkeypatch):
+def test_upscaler_without_spandrel_says_what_to_install(capsys, tmp_path, models_dir, rrdb_file, monkeypatch):
     from codeformer_core.errors import MissingDependencyError
     from codeformer_core.io.upscale import load_upscaler
     monkeypatch.setitem(sys.modules, "spandrel", None)   # import spandrel -> ImportError
@@ -183,15 +177,15 @@ def test_upscaler_without_spandrel_says_what_to_install(capsys, tmp_path, models
         load_upscaler(rrdb_file, "cpu")
     assert ei.value.package == "spandrel" and "pip install spandrel" in str(ei.value)
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
-    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", rrdb_file, "--models", models, *DETECTOR_ARGS)
+    rc, _, err = run(capsys, "restore", src, "--bg-upsampler", rrdb_file, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and "--bg-upsampler needs spandrel: pip install spandrel" in err
     assert "Traceback" not in err and err.count("\n") == 1
 
 
-def test_wrong_variant_names_the_command_to_use(capsys, tmp_path, models):
+def test_wrong_variant_names_the_command_to_use(capsys, tmp_path, models_dir):
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
-    ckpt = models / "facerestore_models" / "codeformer.pth"       # a restoration checkpoint
-    rc, _, err = run(capsys, "colorize", src, "--model", ckpt, "--models", models, *DETECTOR_ARGS)
+    ckpt = models_dir / "facerestore_models" / "codeformer.pth"       # a restoration checkpoint
+    rc, _, err = run(capsys, "colorize", src, "--model", ckpt, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and err.count("\n") == 1 and "Traceback" not in err
     assert "'codeformer colorize' needs the colorization model" in err
     assert "codeformer.pth is the restoration variant; use 'codeformer restore'" in err
@@ -199,7 +193,7 @@ def test_wrong_variant_names_the_command_to_use(capsys, tmp_path, models):
 
 # ----------------------------------------------------------------------------- folders
 @pytest.fixture(scope="module")
-def folder_run(models, tmp_path_factory):
+def folder_run(models_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("mixed")
     src = d / "in"
     src.mkdir()
@@ -216,7 +210,7 @@ def folder_run(models, tmp_path_factory):
     from contextlib import redirect_stderr, redirect_stdout
     o, e = io.StringIO(), io.StringIO()
     with redirect_stdout(o), redirect_stderr(e):
-        rc = cli.main(["restore", str(src), "-o", str(out), "-s", "1.5", *NO_FACES, "--models", str(models),
+        rc = cli.main(["restore", str(src), "-o", str(out), "-s", "1.5", *NO_FACES, "--models", str(models_dir),
                        *DETECTOR_ARGS])
     return rc, src, out, o.getvalue(), e.getvalue()
 
@@ -242,9 +236,9 @@ def test_folder_outputs_keep_format(folder_run):
     assert jpg.alpha is None and jpg.bit_depth == 8
 
 
-def test_skip_existing_and_all_failed(capsys, folder_run, models, tmp_path):
+def test_skip_existing_and_all_failed(capsys, folder_run, models_dir, tmp_path):
     _, src, out, _, _ = folder_run
-    rc, stdout, _ = run(capsys, "restore", src, "-o", out, "--skip-existing", "--models", models, *DETECTOR_ARGS)
+    rc, stdout, _ = run(capsys, "restore", src, "-o", out, "--skip-existing", "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR  # only broken.png was attempted, and it failed
     assert "0 files done, 1 failed, 5 skipped" in stdout
 
@@ -297,7 +291,7 @@ def local_registry(monkeypatch, server):
 
 
 def test_weights_list_download_verify(capsys, local_registry, server, tmp_path, monkeypatch):
-    monkeypatch.setenv(weights.ENV_MODELS_DIR, str(tmp_path))  # env var is honoured without --models
+    monkeypatch.setenv(weights.ENV_MODELS_DIR, str(tmp_path))  # env var is honoured without --models_dir
     rc, out, _ = run(capsys, "weights", "list")
     assert rc == 0 and f"models folder: {tmp_path}" in out
     assert "codeformer_inpainting" in out and "missing" in out
@@ -329,10 +323,10 @@ def test_weights_download_offline_is_one_line(capsys, tmp_path, monkeypatch):
     assert entries["parsenet"].url in err and str(tmp_path / "facedetection" / "parsing_parsenet.pth") in err
 
 
-def test_weights_convert_round_trip(capsys, models, tmp_path):
+def test_weights_convert_round_trip(capsys, models_dir, tmp_path):
     from codeformer_core.models.checkpoint import read_state_dict
     from codeformer_core.models.loader import load_model
-    src = models / "facerestore_models" / "codeformer.pth"
+    src = models_dir / "facerestore_models" / "codeformer.pth"
     dest = tmp_path / "cf.safetensors"
     rc, out, err = run(capsys, "weights", "convert", src, "--to", "safetensors", "-o", dest)
     assert rc == 0, err

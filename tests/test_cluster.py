@@ -27,18 +27,13 @@ import cv2
 import numpy as np
 import pytest
 
-from _cli_support import DETECTOR_ARGS, NO_FACES, astronaut, make_video, models_dir
+from helpers import DETECTOR_ARGS, NO_FACES, astronaut, make_video
 from codeformer_core import cli
 from codeformer_core.cli import cluster
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 ONE_FACE = ["--only-center-face", "--detection-threshold", "0.3", "--detection-resolution", "0"]
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return models_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -194,9 +189,9 @@ def test_plan_several_inputs_and_file_list(tmp_path):
 
 
 # ----------------------------------------------------------------------------- on Ray
-def test_face_restored_byte_identical_to_single_process(ray_cluster, models, tmp_path):
+def test_face_restored_byte_identical_to_single_process(ray_cluster, models_dir, tmp_path):
     src = write(tmp_path / "in" / "face.png", astronaut((128, 128)))
-    common = ["-s", "1", *ONE_FACE, "--models", models, *DETECTOR_ARGS]
+    common = ["-s", "1", *ONE_FACE, "--models", models_dir, *DETECTOR_ARGS]
     with torch_threads(1):
         rc, out1, err = main("restore", src.parent, "-o", tmp_path / "single", *common)
     assert rc == cli.EXIT_OK, err
@@ -209,7 +204,7 @@ def test_face_restored_byte_identical_to_single_process(ray_cluster, models, tmp
 
 
 @pytest.fixture(scope="module")
-def fault_run(ray_cluster, models, tmp_path_factory):
+def fault_run(ray_cluster, models_dir, tmp_path_factory):
     """A folder with six images, a video and a corrupt file; on Ray one worker dies the first time it
     reaches b.png and every time it reaches poison.png (--retries 1). Also run without Ray."""
     _, hooks = ray_cluster
@@ -219,7 +214,7 @@ def fault_run(ray_cluster, models, tmp_path_factory):
         write(src / name, gradient(48 + 8 * i, 64, i % 3))
     make_video(src / "clip.mp4", [gradient(64, 64, i % 3) for i in range(4)], audio=False)
     (src / "broken.png").write_bytes(b"not an image at all")
-    common = ["-s", "1", *NO_FACES, "--models", models, *DETECTOR_ARGS]
+    common = ["-s", "1", *NO_FACES, "--models", models_dir, *DETECTOR_ARGS]
     with torch_threads(1):
         single = main("restore", src, "-o", d / "single", *common)
     (hooks / "die-once.b.png").touch()
@@ -261,17 +256,17 @@ def test_fault_run_outputs_identical_and_nothing_half_written(fault_run):
     assert sorted(p.name for p in ref.iterdir()) == sorted(outputs + ["poison.png"])
 
 
-def test_worker_that_cannot_load_is_one_error_line(ray_cluster, models, tmp_path):
+def test_worker_that_cannot_load_is_one_error_line(ray_cluster, models_dir, tmp_path):
     src = write(tmp_path / "in" / "a.png", gradient(32, 32, 0))
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage" * 100)
-    rc, _, err = main("restore", src, "-o", tmp_path / "o", "--model", bad, *NO_FACES, "--models", models,
+    rc, _, err = main("restore", src, "-o", tmp_path / "o", "--model", bad, *NO_FACES, "--models", models_dir,
                       *DETECTOR_ARGS, "--ray", "--workers", "1")
     assert rc == cli.EXIT_ERROR
     assert "a worker could not load the networks" in err and "bad.pth" in err and "Traceback" not in err
 
 
-def test_ctrl_c_keeps_the_manifest_and_skip_existing_resumes(ray_cluster, models, tmp_path):
+def test_ctrl_c_keeps_the_manifest_and_skip_existing_resumes(ray_cluster, models_dir, tmp_path):
     """A driver in a subprocess joins the module's cluster (--ray-address); file c.png is held in
     its worker; after the other two are in the manifest the driver gets SIGINT."""
     address, hooks = ray_cluster
@@ -280,7 +275,7 @@ def test_ctrl_c_keeps_the_manifest_and_skip_existing_resumes(ray_cluster, models
         write(src / name, gradient(40, 40 + 8 * i, i))
     out = tmp_path / "out"
     manifest = out / cluster.MANIFEST_NAME
-    argv = ["restore", str(src), "-o", str(out), "-s", "1", *NO_FACES, "--models", str(models), *DETECTOR_ARGS,
+    argv = ["restore", str(src), "-o", str(out), "-s", "1", *NO_FACES, "--models", str(models_dir), *DETECTOR_ARGS,
             "--ray", "--workers", "2"]
     hold = hooks / "hold.c.png"
     hold.touch()

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import VARIANT_NAMES, assert_close
+from helpers import VARIANT_NAMES, assert_close
 
 CASES = [(v, w) for v, ws in {"restoration": (0.0, 0.5, 1.0), "colorization": (0.0, 0.5),
                               "inpainting": (1.0,)}.items() for w in ws]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from codeformer_core.weights.download import DownloadError, download, file_sha256, part_path
-from local_http import closed_port, serve
+from helpers import closed_port, serve
 
 DATA = random.Random(1234).randbytes(300_000)      # > one 256 KiB chunk
 OTHER = random.Random(99).randbytes(len(DATA))     # "wrong file" of the same size

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from local_http import closed_port_url, serve
-from node_fixtures import run_node, write_face_net
+from helpers import closed_port_url, serve
+from helpers import run_node, write_face_net
 
 FILE = "detection_mobilenet0.25_Final.pth"
 

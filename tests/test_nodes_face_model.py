@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node_fixtures import load_comfy_extras, run_node
+from helpers import load_comfy_extras, run_node
 
 pytest.importorskip("spandrel")
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node_fixtures import NODE_IDS, ROOT
+from helpers import NODE_IDS, ROOT
 
 CONTRACT = json.loads((Path(__file__).parent / "data" / "object_info_pack.json").read_text())
 CONTRACT.pop("_comment")

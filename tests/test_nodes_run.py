@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from node_fixtures import load_comfy_extras, run_node
+from helpers import load_comfy_extras, run_node
 
 DETECT = dict(threshold=0.7, selection="largest", sort_by="area", index=0, max_faces=0, resolution=640,
               smoothing=0.0)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from node_fixtures import NODE_IDS, load_comfy_extras
+from helpers import NODE_IDS, load_comfy_extras
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))

@@ -10,17 +10,12 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from _cli_support import (DETECTOR_ARGS, NO_FACES, aligned_face, cache_model_loading, make_video, models_dir,
+from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, cache_model_loading, make_video,
                           video_facts)
 from codeformer_core import cli
 from codeformer_core.io.video import VideoReader, retime_counts
 
 pytest.importorskip("av")
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory):
-    return models_dir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,10 +49,10 @@ def audio_video(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def audio_run(audio_video, models):
+def audio_run(audio_video, models_dir):
     dest = audio_video.with_name("clip_out.mp4")
     rc, out, err = call("restore", audio_video, "-o", dest, "-s", "1", *NO_FACES, "--frames-per-chunk", "3",
-                        "--models", models, *DETECTOR_ARGS)
+                        "--models", models_dir, *DETECTOR_ARGS)
     return rc, dest, out, err
 
 
@@ -85,10 +80,10 @@ def test_video_summary_line(audio_run):
     assert "codeformer restore: 1 file done; 0 faces found, 4 of 4 frames with no face" in out
 
 
-def test_video_without_audio_upscaled_and_retimed(tmp_path, models):
+def test_video_without_audio_upscaled_and_retimed(tmp_path, models_dir):
     src = tmp_path / "silent.mkv"
     make_video(src, gradient_frames(3), fps=10, audio=False)
-    rc, out, err = call("restore", src, "-s", "2", "--fps", "20", *NO_FACES, "--models", models, *DETECTOR_ARGS)
+    rc, out, err = call("restore", src, "-s", "2", "--fps", "20", *NO_FACES, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == 0, err
     got = video_facts(tmp_path / "silent_restored.mkv")
     assert got["audio"] is None
@@ -97,13 +92,13 @@ def test_video_without_audio_upscaled_and_retimed(tmp_path, models):
     assert "no audio" in out
 
 
-def test_aligned_faces_batched_across_frames(tmp_path, models):
+def test_aligned_faces_batched_across_frames(tmp_path, models_dir):
     """Two aligned-face frames restored in one network batch; faces counted per frame."""
     face = aligned_face(64)
     src = tmp_path / "faces.mp4"
     make_video(src, [face, face[:, ::-1]], fps=5, audio=True)
     rc, out, err = call("restore", src, "--has-aligned", "--frames-per-chunk", "2", "--batch-size", "2",
-                        "--models", models, *DETECTOR_ARGS)
+                        "--models", models_dir, *DETECTOR_ARGS)
     assert rc == 0, err
     got = video_facts(tmp_path / "faces_restored.mp4")
     assert got["frames"] == 2 and (got["width"], got["height"]) == (64, 64) and got["audio"] is not None
@@ -111,18 +106,18 @@ def test_aligned_faces_batched_across_frames(tmp_path, models):
 
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated"])
-def test_corrupt_video_clear_error_no_output(tmp_path, models, audio_video, damage):
+def test_corrupt_video_clear_error_no_output(tmp_path, models_dir, audio_video, damage):
     bad = tmp_path / "bad.mp4"
     data = audio_video.read_bytes()
     bad.write_bytes(b"\x00not a video at all" * 50 if damage == "garbage" else data[: len(data) // 3])
-    rc, out, err = call("restore", bad, *NO_FACES, "--models", models, *DETECTOR_ARGS)
+    rc, out, err = call("restore", bad, *NO_FACES, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR
     errors = [l for l in err.splitlines() if "error" in l]
     assert len(errors) == 1 and "bad.mp4" in errors[0] and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 
 
-def test_failure_mid_video_leaves_nothing(tmp_path, models, monkeypatch):
+def test_failure_mid_video_leaves_nothing(tmp_path, models_dir, monkeypatch):
     """An error after some frames were encoded removes the temp file; no output appears."""
     from codeformer_core import pipeline
     src = tmp_path / "v.mp4"
@@ -136,7 +131,7 @@ def test_failure_mid_video_leaves_nothing(tmp_path, models, monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(pipeline, "restore_images", flaky)
-    rc, _, err = call("restore", src, "--frames-per-chunk", "2", *NO_FACES, "--models", models, *DETECTOR_ARGS)
+    rc, _, err = call("restore", src, "--frames-per-chunk", "2", *NO_FACES, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and "boom" in err and len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v.mp4"]
 

@@ -11,7 +11,7 @@ import pytest
 
 from codeformer_core.weights import registry as weights
 from codeformer_core.weights.download import DownloadError
-from local_http import closed_port_url, serve
+from helpers import closed_port_url, serve
 from codeformer_core.weights.registry import (
     CorruptWeightError, MissingWeightError, UnknownWeightError, WeightEntry, default_models_dir,
     ensure_weight, find_entry, get_entry, known_weights, path_for, verify_file)

@@ -1,0 +1,270 @@
+"""Helpers shared by the tests (one module): paths, golden data, synthetic weight files, tiny media,
+a loopback HTTP server, and running the pack's nodes inside the real ComfyUI. Fixtures are in
+conftest.py."""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.server
+import json
+import os
+import socket
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from codeformer_core.dev.synthetic import synth_state_dict
+
+VARIANT_NAMES = ("restoration", "colorization", "inpainting")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+DATA = Path(__file__).parent / "data"
+
+
+FACE = DATA / "face_golden"
+
+
+COMFYUI_DIR = Path(os.environ.get("COMFYUI_DIR", ROOT / ".comfyui" / "ComfyUI-0.3.64"))
+
+
+NODE_IDS = ("CodeFormerModelLoader", "CodeFormerFaceDetectorLoader", "CodeFormerDetectFaces",
+            "CodeFormerRestoreFaces", "CodeFormerColorizeFaces", "CodeFormerInpaintFaces", "CodeFormerPasteFaces",
+            "CodeFormerCropsToImage", "CodeFormerImageToCrops", "CodeFormerRestoreFacesAllInOne",
+            "CodeFormerRestoreFacesWithModel")
+
+
+def save_weights(sd, path: Path, nest: bool) -> None:
+    """A state dict of numpy arrays / tensors as a .pth file, nested under params_ema like the official files."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v
+               for k, v in sd.items()}
+    torch.save({"params_ema": tensors} if nest else tensors, path)
+
+
+def write_face_net(file: str, manifest: str, folder: Path) -> Path:
+    """A synthetic RetinaFace / ParseNet file under its official name."""
+    items = json.loads((FACE / manifest).read_text())
+    save_weights(synth_state_dict(items, face=True), folder / file, nest=False)
+    return folder / file
+
+
+def run_node(cls, **inputs) -> tuple:
+    """One node run through its V3 entry point as ComfyUI's executor calls it (a per-run class clone,
+    ``EXECUTE_NORMALIZED``); the outputs as a tuple."""
+    return tuple(cls.PREPARE_CLASS_CLONE({}).EXECUTE_NORMALIZED(**inputs).args)
+
+
+def load_comfy_extras(comfyui, extras_file: str) -> bool:
+    """Loads one of ComfyUI's own comfy_extras node files (e.g. nodes_upscale_model.py), as ComfyUI
+    does at start."""
+    path = os.path.join(os.path.dirname(comfyui.nodes.__file__), "comfy_extras", extras_file)
+    return asyncio.run(comfyui.nodes.load_custom_node(path, module_parent="comfy_extras"))
+
+
+def write_synthetic_models(root: Path) -> Path:
+    """The one synthetic models folder, in ComfyUI's layout under the official file names:
+    codeformer.pth (restoration, nested under params_ema), both RetinaFace detectors and ParseNet
+    (bare state dicts), an empty upscale_models/. About 400 MB; written once per session."""
+    from codeformer_core.models.codeformer import expected_shapes
+    save_weights(synth_state_dict(expected_shapes("restoration").items()),
+                 root / "facerestore_models" / "codeformer.pth", nest=True)
+    for file, manifest in (("detection_Resnet50_Final.pth", "retinaface_manifest_resnet50.json"),
+                           ("detection_mobilenet0.25_Final.pth", "retinaface_manifest_mobile0.25.json"),
+                           ("parsing_parsenet.pth", "parsenet_manifest_parsenet.json")):
+        write_face_net(file, manifest, root / "facedetection")
+    (root / "upscale_models").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+class Golden:
+    """One golden case, from the repository's subsampled copy or a full set given by
+    ``CODEFORMER_GOLDEN_DIR`` (same format as ``shared/golden``; ``CODEFORMER_GOLDEN_SALT``)."""
+
+    def __init__(self, variant: str):
+        full_dir = os.environ.get("CODEFORMER_GOLDEN_DIR")
+        self.variant = variant
+        self.salt = int(os.environ.get("CODEFORMER_GOLDEN_SALT", "0"))
+        if full_dir:
+            z = np.load(Path(full_dir) / f"{variant}.npz")
+            self.arrays = {k: z[k] for k in z.files}
+            self.x = self.arrays["x"]
+            self.stride = 1
+            self.manifest = json.loads((Path(full_dir) / f"manifest_{variant}.json").read_text())
+        else:
+            z = np.load(DATA / "golden" / f"{variant}.npz")
+            self.arrays = {k.replace("_s4", ""): z[k] for k in z.files}
+            # x is stored as the uint8 image it was made from; this is bit-exact.
+            u8 = self.arrays.pop("x_u8")
+            self.x = ((u8 / 255).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)
+            self.stride = 4
+            self.manifest = json.loads((DATA / "golden" / f"manifest_{variant}.json").read_text())
+
+    @property
+    def ws(self):
+        return sorted(float(k[5:]) for k in self.arrays if k.startswith("out_w"))
+
+    def out(self, w: float) -> np.ndarray:
+        return self.arrays[f"out_w{w}"]
+
+    def sample(self, out: np.ndarray) -> np.ndarray:
+        """Bring a full-size model output onto the stored grid."""
+        return out[..., :: self.stride, :: self.stride]
+
+    def state_dict(self):
+        return synth_state_dict(self.manifest, salt=self.salt)
+
+
+TOLERANCE = {  # golden README, section 7: (max abs, mean abs)
+    "lq_feat": (1e-4, 5e-6), "logits": (3e-4, 3e-5), "quant_feat": (1e-4, 5e-6), "out": (1e-4, 5e-6),
+}
+
+
+def assert_close(name: str, got, want, tol=None):
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    assert got.shape == want.shape, f"{name}: shape {got.shape} != {want.shape}"
+    assert np.isfinite(got).all(), f"{name}: non-finite values"
+    max_tol, mean_tol = tol or TOLERANCE[name.split("[")[0]]
+    diff = np.abs(got - want)
+    assert diff.max() <= max_tol and diff.mean() <= mean_tol, \
+        f"{name}: max {diff.max():.3g} (<= {max_tol}), mean {diff.mean():.3g} (<= {mean_tol})"
+    return float(diff.max()), float(diff.mean())
+
+
+DETECTOR_ARGS = ["--detector", "retinaface_mobilenet0.25", "--no-download", "-q"]
+NO_FACES = ["--detection-threshold", "1.0"]  # scores never exceed 1: detection runs, finds nothing
+
+_load_cache: dict = {}
+
+
+def cache_model_loading(monkeypatch) -> None:
+    """Reuse loaded models across cli.main calls (same path -> same object)."""
+    from codeformer_core.faces import detect as detection
+    from codeformer_core.models import loader
+
+    real_model, real_det = loader.load_model, detection.load_detector
+
+    def load_model(source, device=None, dtype=None):
+        key = ("m", str(source), str(device), str(dtype))
+        if key not in _load_cache:
+            _load_cache[key] = real_model(source, device=device, dtype=dtype)
+        return _load_cache[key]
+
+    def load_detector(source, device=None, chunk_size=8):
+        key = ("d", str(source), str(device))
+        if key not in _load_cache:
+            _load_cache[key] = real_det(source, device=device, chunk_size=chunk_size)
+        return _load_cache[key]
+
+    monkeypatch.setattr(loader, "load_model", load_model)
+    monkeypatch.setattr(detection, "load_detector", load_detector)
+
+
+def astronaut(size=None) -> np.ndarray:
+    import cv2
+    from skimage import data
+    img = data.astronaut()
+    return img if size is None else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def aligned_face(size: int = 128) -> np.ndarray:
+    """The astronaut's face region, roughly where an aligned 512 crop has it."""
+    import cv2
+    return cv2.resize(data_face(), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def data_face() -> np.ndarray:
+    from skimage import data
+    return data.astronaut()[10:290, 130:410]
+
+
+def make_video(path: Path, frames: list, fps: int = 12, audio: bool = True, sample_rate: int = 16000,
+               codec: str = "libx264", times: list = None, options: dict = None) -> None:
+    """Encode RGB uint8 frames (+ a 440 Hz sine AAC track) with PyAV. ``times``: each frame's
+    time in seconds (a variable frame rate; default i / fps); ``options``: the container's."""
+    import av
+    h, w = frames[0].shape[:2]
+    tb = Fraction(1, 1000) if times is not None else Fraction(1, fps)
+    pts = [round(t / tb) for t in times] if times is not None else list(range(len(frames)))
+    with av.open(str(path), "w", options=options or {}) as c:
+        v = c.add_stream(codec, rate=fps)
+        v.width, v.height, v.pix_fmt = w, h, "yuv420p"
+        v.codec_context.time_base = tb
+        a = None
+        if audio:
+            a = c.add_stream("aac", rate=sample_rate)
+            a.layout = "mono"
+        for i, arr in enumerate(frames):
+            f = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
+            f.pts, f.time_base = pts[i], tb
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode(None):
+            c.mux(p)
+        if a is not None:
+            total = int(sample_rate * (float(pts[-1] * tb) + 1 / fps))
+            t = np.arange(total) / sample_rate
+            samples = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for s0 in range(0, total, 1024):
+                af = av.AudioFrame.from_ndarray(samples[None, s0:s0 + 1024], format="flt", layout="mono")
+                af.sample_rate, af.pts, af.time_base = sample_rate, s0, Fraction(1, sample_rate)
+                for p in a.encode(af):
+                    c.mux(p)
+            for p in a.encode(None):
+                c.mux(p)
+
+
+def video_facts(path: Path) -> dict:
+    """Decoded frame count, size, rate and the audio track's codec / packets / duration."""
+    import av
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        out = {"width": v.codec_context.width, "height": v.codec_context.height,
+               "fps": v.average_rate, "audio": None}
+        if c.streams.audio:
+            a = c.streams.audio[0]
+            out["audio"] = {"codec": a.codec_context.name, "rate": a.codec_context.sample_rate}
+        frames = list(c.decode(video=0))
+        out["frames"] = len(frames)
+        out["pixels"] = [f.to_ndarray(format="rgb24") for f in frames]
+    if out["audio"]:
+        with av.open(str(path)) as c:
+            a = c.streams.audio[0]
+            pk = [p for p in c.demux(a) if p.size]
+            out["audio"]["packets"] = len(pk)
+            out["audio"]["bytes"] = b"".join(bytes(p) for p in pk)
+    return out
+
+
+@contextlib.contextmanager
+def serve(handler, **attrs):
+    """Run ``handler`` on a free port; ``srv.base`` is its URL. Extra attributes go on the server."""
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    srv.daemon_threads = True
+    for name, value in attrs.items():
+        setattr(srv, name, value)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    srv.base = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (the 'offline' case)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def closed_port_url(name: str) -> str:
+    return f"http://127.0.0.1:{closed_port()}/{name}"
