@@ -64,9 +64,9 @@ def progress_bar(total=None, desc="", unit="it", quiet=False, leave=True, positi
 
 def describe(e: BaseException) -> str:
     """The line an error is reported with: its own message for user errors, with the type else."""
-    import torch
-    if isinstance(e, torch.OutOfMemoryError):
-        return "out of memory; lower --batch-size / --frames-per-chunk or set --bg-tile"
+    from ..chunks import is_out_of_memory
+    if is_out_of_memory(e) and not isinstance(e, USER_ERRORS):  # an allocator's own words: never shown
+        return "out of memory; lower --max-memory or -s, or set --bg-tile"
     if isinstance(e, USER_ERRORS):
         return first_line(e)
     return f"{type(e).__name__}: {first_line(e)}"

@@ -2,8 +2,11 @@
 them), load the networks once, stream every input through ``pipeline.restore_images``, report.
 
 Videos are decoded, restored and encoded chunk by chunk (``--frames-per-chunk`` frames at a
-time; ``restore_images`` halves a chunk that runs out of memory), so memory stays flat whatever
-the length.
+time at most, fewer when ``--max-memory`` says so; ``restore_images`` halves a chunk that runs
+out of memory), so memory stays flat whatever the length; each frame keeps its timestamp. The
+output is quantized band by band as ``restore_images`` pastes it, so no float copy of a whole
+large output is ever held. Every input is checked (readable, not empty) before any network is
+loaded.
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
 
-from ..errors import MissingDependencyError, WrongVariantError, first_line
+from ..errors import MissingDependencyError, NotEnoughMemoryError, WrongVariantError, first_line
 from ..tasks import TASKS
 from .console import EXIT_ERROR, EXIT_OK, EXIT_PARTIAL, Out, UserError, describe, progress_bar
 from .weights_cmd import ensure, file_or_weight
@@ -181,9 +184,18 @@ def load_face_model(path: Path, device, dtype):
         raise NotAFaceModelError(e.name, e.architecture, e.purpose, e.scale, f"--face-model: {e}{hint}") from None
 
 
-def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detections=None):
+def frames_per_chunk(ctx: Context, height: int, width: int) -> int:
+    """--frames-per-chunk, or fewer when --max-memory asks for it."""
+    from ..pipeline import auto_frames_per_chunk
+    return min(max(1, ctx.args.frames_per_chunk),
+               auto_frames_per_chunk(height, width, None, ctx.upscale, budget=ctx.args.max_memory,
+                                     output_whole=False))
+
+
+def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detections=None, sink=None):
     """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None).
-    ``detections``: the frames' faces from the first pass of a video (zero-lag smoothing)."""
+    ``detections``: the frames' faces from the first pass of a video (zero-lag smoothing).
+    ``sink``: takes the output band by band (``pipeline.restore_images``)."""
     import torch
     from .. import pipeline
     a = ctx.args
@@ -192,8 +204,9 @@ def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detec
         frames, ctx.model, ctx.detector, w=a.fidelity, task=ctx.task, upscale=ctx.upscale,
         parser=ctx.parser, background_upscaler=ctx.bg, face_upscaler=ctx.face_up,
         inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother, detections=detections,
-        color_match=a.color_match, frames_per_chunk=max(1, a.frames_per_chunk),
-        batch_size=max(1, a.batch_size), progress=progress, **ctx.detect_kwargs())
+        color_match=a.color_match, frames_per_chunk=frames_per_chunk(ctx, *pipeline.image_batch(frames).shape[1:3]),
+        batch_size=max(1, a.batch_size), progress=progress, memory_budget=a.max_memory, sink=sink,
+        **ctx.detect_kwargs())
     boxes = ctx.detector.take() if isinstance(ctx.detector, BoxRecorder) else None
     if detections is not None and a.draw_box:
         boxes = boxes_per_frame(detections)
@@ -202,8 +215,8 @@ def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detec
 
 # -- images -------------------------------------------------------------------------------------
 def process_image(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
-    from ..faces.draw import draw_boxes
-    from ..io.images import read_image, to_output_array, write_image
+    import numpy as np
+    from ..io.images import output_layout, quantize, read_image, with_alpha, write_image
     img = read_image(src)
     mask = ctx.mask
     if mask is not None and mask.shape != img.size:
@@ -219,19 +232,47 @@ def process_image(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
         bar.n = done
         bar.refresh()
 
+    keep_gray, ext = ctx.task != "colorize", dest.suffix
+    dtype, gray = output_layout(img, ext, keep_gray)
+    h, w = (int(n * ctx.upscale) for n in img.size)
+    out = np.empty((h, w) if gray else (h, w, 3), dtype)
+
+    def sink(_first, row0, rgb, _mask):  # each band straight to the saved pixel format
+        out[row0:row0 + rgb.shape[1]] = quantize(rgb[0].numpy(), img, ext, keep_gray)
+
     try:
-        res, boxes = restore(ctx, img.rgb, progress=progress, mask=mask)
+        res, boxes = restore(ctx, img.rgb, progress=progress, mask=mask, sink=sink)
+    except NotEnoughMemoryError as e:
+        raise memory_error(e, src, e.what) from e
     finally:
         if bar is not None:
             bar.close()
-    rgb = res.images[0]
     if boxes:
-        draw_boxes(rgb, boxes[0], ctx.upscale)
-    arr = to_output_array(rgb.numpy(), img, dest.suffix, keep_gray=ctx.task != "colorize")
-    write_image(dest, arr)
+        draw_saved_boxes(out, boxes[0], ctx.upscale, img, ext, keep_gray)
+    write_image(dest, with_alpha(out, img, ext))
     stats.add(res.face_counts)
     n = res.total_faces
     return f"{src.name} -> {dest}: {n} face{'s' if n != 1 else ''}, {time.perf_counter() - t0:.1f} s"
+
+
+def draw_saved_boxes(out, boxes, scale: float, like=None, ext: str = ".png", keep_gray: bool = True) -> None:
+    """--draw-box on an output already in its saved pixel format (``out`` [H,W] or [H,W,3]), in
+    the colour the float green would have been saved as."""
+    import numpy as np
+    import torch
+    from ..faces.draw import GREEN, draw_boxes
+    from ..io.images import quantize
+    color = quantize(np.asarray([[GREEN]], np.float32), like, ext, keep_gray)[0, 0]
+    draw_boxes(torch.from_numpy(out), boxes, scale, color=np.atleast_1d(color).tolist())
+
+
+MEMORY_HINT = "free some memory (close other programs) or lower -s"
+
+
+def memory_error(e: NotEnoughMemoryError, src: Path, what: str) -> NotEnoughMemoryError:
+    """The pipeline's out-of-memory error, worded for the command line: file, item, what to do."""
+    return NotEnoughMemoryError(what, e.item, f"{src.name}: not enough memory for {what}, even on its own; "
+                                              f"{MEMORY_HINT}")
 
 
 # -- videos -------------------------------------------------------------------------------------
@@ -256,9 +297,12 @@ def detect_video(ctx: Context, src: Path, frames: int):
 
 
 def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
+    """Without --fps each frame keeps its input timestamp (a variable frame rate stays variable,
+    audio stays in sync); with --fps frames are dropped or repeated by timestamp. Rotation
+    metadata is applied (upright frames, upright output). A video that stops decoding early is
+    processed as far as it decodes, with a warning."""
     import numpy as np
-    from ..faces.draw import draw_boxes
-    from ..io.video import VideoReader, VideoWriter, retime_counts
+    from ..io.video import VideoReader, VideoWriter, frame_repeats
     from ..pipeline import LandmarkSmoother
     a = ctx.args
     t0 = time.perf_counter()
@@ -276,31 +320,46 @@ def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
             smoother = LandmarkSmoother(strength=a.smooth_online)
         elif a.smooth > 0 and not a.has_aligned:
             found = detect_video(ctx, src, info.frames)
+        per_chunk = frames_per_chunk(ctx, info.height, info.width)
+        shortest, longest = float("inf"), 0.0   # seconds a frame is shown: a variable rate shows
         with VideoWriter(dest, ow, oh, fps_out, audio_from=src if info.has_audio else None,
-                         codec=a.video_codec, crf=a.crf) as writer:
+                         codec=a.video_codec, crf=a.crf,
+                         time_base=None if a.fps else reader.stream.time_base) as writer:
             if (ow, oh) != (writer.width, writer.height):
                 ctx.out.info(f"{src.name}: output {ow}x{oh} cropped to {writer.width}x{writer.height} "
                              f"(the encoder needs even sizes)")
             bar = progress_bar(total=info.frames, desc=src.name, unit="frame", quiet=ctx.out.quiet, leave=False)
             try:
                 index = 0
-                for chunk in reader.chunks(max(1, a.frames_per_chunk)):
+                for chunk in reader.timed_chunks(per_chunk):
                     n = len(chunk)
-                    counts = retime_counts(index, n, info.fps, fps_out) if a.fps else [1] * n
+                    shortest = min([shortest] + [e - t for t, e in zip(chunk.times, chunk.ends)])
+                    longest = max([longest] + [e - t for t, e in zip(chunk.times, chunk.ends)])
+                    counts = frame_repeats(chunk.times, chunk.ends, fps_out) if a.fps else [1] * n
                     keep = [i for i, c in enumerate(counts) if c > 0]
                     first, index = index, index + n
                     bar.update(n)
                     if not keep:
                         continue
-                    res, boxes = restore(ctx, chunk[keep] if len(keep) < n else chunk, smoother=smoother,
-                                         mask=ctx.mask, detections=None if found is None else
-                                         found.take_frames([first + i for i in keep]))
-                    imgs = res.images
-                    if boxes:
-                        for k, b in enumerate(boxes):
-                            draw_boxes(imgs[k], b, s)
-                    u8 = (imgs.numpy() * 255 + 0.5).astype(np.uint8)
-                    writer.write(u8, [counts[i] for i in keep])
+                    u8 = np.empty((len(keep), oh, ow, 3), np.uint8)
+
+                    def sink(at, row0, rgb, _mask):
+                        u8[at:at + rgb.shape[0], row0:row0 + rgb.shape[1]] = (rgb.numpy() * 255 + 0.5).astype(np.uint8)
+
+                    try:
+                        res, boxes = restore(ctx, chunk.frames[keep] if len(keep) < n else chunk.frames,
+                                             smoother=smoother, mask=ctx.mask, sink=sink,
+                                             detections=None if found is None else
+                                             found.take_frames([first + i for i in keep]))
+                    except NotEnoughMemoryError as e:
+                        raise memory_error(e, src, f"frame {first + keep[e.item] + 1} ({info.width}x{info.height}"
+                                                   f" pixels, output {ow}x{oh})") from e
+                    for k, b in enumerate(boxes or []):
+                        draw_saved_boxes(u8[k], b, s)
+                    if a.fps:
+                        writer.write(u8, [counts[i] for i in keep])
+                    else:
+                        writer.write(u8, times=chunk.times, ends=chunk.ends)
                     frames += len(keep)
                     faces += res.total_faces
                     no_face += sum(1 for c in res.face_counts if c == 0)
@@ -308,14 +367,23 @@ def process_video(ctx: Context, src: Path, dest: Path, stats: Stats) -> str:
                     bar.set_postfix(faces=faces, refresh=False)
             finally:
                 bar.close()
+            if reader.shortfall:
+                ctx.out.warn(f"{src.name}: {reader.shortfall}; the output has the {frames} frames that decoded")
             writer.finish()
     dt = time.perf_counter() - t0
     audio = ("audio copied" if writer.audio_copied else "audio not copied") if info.has_audio else "no audio"
     if writer.audio_note:
         audio += f" ({writer.audio_note})"
-    return (f"{src.name} -> {dest}: {frames} frames ({writer.frames_written} written at "
-            f"{float(fps_out):.3g} fps), {faces} faces, {no_face} frames with no face, {audio}, "
-            f"{dt:.1f} s, {faces / dt if dt > 0 else 0:.2f} faces/s")
+    if a.fps:
+        timing = f"{writer.frames_written} written at {float(fps_out):.3g} fps"
+    elif longest > 1.05 * shortest:
+        timing = f"variable frame rate kept: {shortest * 1000:.0f} to {longest * 1000:.0f} ms a frame"
+    else:
+        timing = f"{float(info.fps):.3g} fps"
+    if info.rotation:   # frames turned upright; the output is stored upright, without the tag
+        timing += f"; rotation metadata {info.rotation}\u00b0 applied"
+    return (f"{src.name} -> {dest}: {frames} frames ({timing}), {faces} faces, {no_face} frames with no face, "
+            f"{audio}, {dt:.1f} s, {faces / dt if dt > 0 else 0:.2f} faces/s")
 
 
 def process_file(ctx: Context, src: Path, dest: Path, kind: str, stats: Stats) -> str:
@@ -378,6 +446,18 @@ def plan(args, task: str) -> Tuple[List[Tuple[Path, Optional[Path], Optional[str
     return [(src, dest, k)], False
 
 
+def check_input(src: Path, kind: str) -> None:
+    """Cheap checks of one input before the networks are loaded: the file is there, not empty,
+    and an image header or a video whose first frame decodes. Raises the reader's error."""
+    if kind == "image":
+        from ..io.images import check_image
+        check_image(src)
+    else:
+        from ..io.video import VideoReader
+        with VideoReader(src):
+            pass
+
+
 def check_settings(args, task: str) -> None:
     if args.face_upsample and not args.bg_upsampler:
         raise UserError("--face-upsample uses the background upsampler: give --bg-upsampler too")
@@ -412,7 +492,18 @@ def run_task(args, task: str) -> int:
             stats.skipped += 1
             out.info(f"{src.name}: skipped ({dest} exists)")
         else:
+            try:  # a bad input costs nothing: checked before any network is loaded
+                check_input(src, kind)
+            except Exception as e:
+                if not is_folder:
+                    raise
+                stats.failed += 1
+                out.warn(f"{src.name}: failed: {describe(e)}")
+                continue
             todo.append((src, dest, kind))
+    if todo and args.mask:
+        from ..io.images import read_mask
+        read_mask(args.mask)
     ctx = Context(args=args, task=task, out=out)
     if todo:
         load(ctx)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CheckpointError, first_line
+from ..errors import CheckpointError, CodeFormerError, first_line
 from .console import EXIT_ERROR, EXIT_OK, Out, UserError
 
 
@@ -82,6 +82,9 @@ def cmd_download(args) -> int:
 
 
 def cmd_verify(args) -> int:
+    """OK only for a file that would load: the registry's size and sha256 where published (a file
+    with the published hash is the official one), else every check loading makes
+    (``models.registry.check_network``; upscalers through spandrel), FAIL with loading's message."""
     from ..weights.registry import known_weights, path_for, verify_file
     bad = 0
     if args.paths:
@@ -95,31 +98,58 @@ def cmd_verify(args) -> int:
             print(f"{entry.name}: missing ({path})")
             continue
         r = verify_file(path, entry)
-        line = r.message
-        if r.ok and r.expected_sha256 is None and path.suffix.lower() in (".pth", ".ckpt", ".safetensors", ".pt"):
-            line = f"{line}; {_describe_checkpoint(path)}"
-            if "cannot be loaded" in line:
-                r = None
-        print(("OK   " if r else "FAIL ") + line)
-        bad += 0 if r else 1
+        ok, line = r.ok, r.message
+        if (ok and r.expected_sha256 is None) or r.size == 0:   # an empty file: loading's words too
+            try:
+                line = f"{line.replace(', content not checked', '')}; {_loadable(path)}"
+            except CodeFormerError as e:
+                ok, line = False, first_line(e)
+        print(("OK   " if ok else "FAIL ") + line)
+        bad += 0 if ok else 1
     return EXIT_ERROR if bad else EXIT_OK
 
 
-def _describe_checkpoint(path: Path) -> str:
-    """What a file without a published hash holds, by loading it (weights only)."""
-    from ..models.checkpoint import detect_variant, read_state_dict
+def _loadable(path: Path) -> str:
+    """What ``path`` loads as, by the checks of the loader that would load it (registry kind by
+    file name; else any network this pack loads, then anything spandrel loads); raises the
+    loader's CodeFormerError for a file that would not load."""
+    from ..models.registry import KINDS, check_network
     from ..weights.registry import find_entry
     entry = find_entry(path.name)
-    if entry is not None and entry.kind != "codeformer":
-        return f"registry: {entry.kind} {entry.variant}"
+    kind = entry.kind if entry is not None else None
+    if kind is None or kind in KINDS:
+        try:
+            arch, state_dict = check_network(path, kind)
+            return f"loads as {arch.title}, {len(state_dict)} tensors"
+        except CheckpointError:
+            if kind is not None or _pack_family(path):
+                raise   # one of this pack's networks that would not load: loading's own message
+            try:   # not one of this pack's networks: perhaps an upscaler or face model (spandrel)
+                return _spandrel_loadable(path)
+            except CodeFormerError:
+                pass
+            raise
+    if kind == "upscaler":
+        from ..io.upscale import load_upscaler
+        up = load_upscaler(path, "cpu")
+        return f"loads as a {up.scale}x upscaler"
+    return _spandrel_loadable(path)
+
+
+def _pack_family(path: Path) -> bool:
+    """Whether the file's keys are those of a network this pack loads (CodeFormer, RetinaFace, ParseNet)."""
+    from ..models.checkpoint import read_state_dict
+    from ..models.registry import KINDS, family_of
     try:
-        sd = read_state_dict(path)
-    except CheckpointError as e:
-        return f"cannot be loaded: {first_line(e)}"
-    try:
-        return f"CodeFormer {detect_variant(sd, path.name)} checkpoint, {len(sd)} tensors"
+        return family_of(read_state_dict(path)) in KINDS.values()
     except CheckpointError:
-        return f"{len(sd)} tensors (not a CodeFormer checkpoint)"
+        return False
+
+
+def _spandrel_loadable(path: Path) -> str:
+    from ..models.face_model import read_spandrel_model
+    desc = read_spandrel_model(path, "cpu")
+    return f"loads with spandrel as {desc.architecture.name} ({desc.purpose}, {desc.scale}x)"
 
 
 def cmd_convert(args) -> int:

@@ -12,13 +12,13 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 from ..errors import ImageReadError
 
-__all__ = ["IMAGE_EXTS", "ImageReadError", "LoadedImage", "read_image", "write_image", "read_mask",
-           "to_output_array"]
+__all__ = ["IMAGE_EXTS", "ImageReadError", "LoadedImage", "check_image", "read_image", "write_image", "read_mask",
+           "to_output_array", "quantize", "output_layout", "with_alpha"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _CV2_FIRST = (".png", ".tif", ".tiff")
@@ -88,11 +88,31 @@ def _read_pil(path: Path) -> LoadedImage:
     return _split(arr, bgr=False)
 
 
-def read_image(path: Union[str, os.PathLike]) -> LoadedImage:
-    """Read gray / RGB / RGBA, 8 or 16 bits per channel; raises ImageReadError on failure."""
-    path = Path(path)
+def _existing(path: Path) -> Path:
     if not path.is_file():
         raise ImageReadError(f"{path}: no such file")
+    if path.stat().st_size == 0:
+        raise ImageReadError(f"{path.name}: empty file (0 bytes)")
+    return path
+
+
+def check_image(path: Union[str, os.PathLike]) -> Tuple[int, int]:
+    """(width, height) from the header only: the cheap check of an input before any network is
+    loaded. Raises ImageReadError for a missing, empty or unreadable file (a header Pillow does
+    not know is decoded in full, so what read_image accepts passes)."""
+    path = _existing(Path(path))
+    from PIL import Image
+    try:
+        with Image.open(path) as im:
+            return im.size
+    except Exception:
+        h, w = read_image(path).size
+        return w, h
+
+
+def read_image(path: Union[str, os.PathLike]) -> LoadedImage:
+    """Read gray / RGB / RGBA, 8 or 16 bits per channel; raises ImageReadError on failure."""
+    path = _existing(Path(path))
     if cv2 is not None and path.suffix.lower() in _CV2_FIRST:
         data = np.fromfile(str(path), dtype=np.uint8)  # works for non-ASCII paths on Windows too
         arr = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
@@ -117,25 +137,38 @@ def to_output_array(rgb01: np.ndarray, like: Optional[LoadedImage], ext: str,
                     keep_gray: bool = True) -> np.ndarray:
     """Float [H,W,3] 0..1 -> the array to save: bit depth, gray and alpha of the input kept
     where the output format allows (JPEG/BMP lose alpha, only PNG/TIFF keep 16 bits)."""
-    ext = ext.lower()
-    depth = 16 if like is not None and like.bit_depth == 16 and ext in _HIGH_DEPTH else 8
-    scale = 65535.0 if depth == 16 else 255.0
-    dtype = np.uint16 if depth == 16 else np.uint8
-    out = rgb01
-    if like is not None and like.gray and keep_gray:
-        out = rgb01.mean(axis=2) if rgb01.ndim == 3 else rgb01
-    out = (np.clip(out, 0, 1) * scale + 0.5).astype(dtype)
-    if like is not None and like.alpha is not None and ext not in _NO_ALPHA:
-        a = like.alpha
-        h, w = out.shape[:2]
-        if a.shape[:2] != (h, w):
-            a = _resize(a, h, w)
-        a = a.astype(np.float32) / (65535.0 if a.dtype == np.uint16 else 255.0)
-        a = (np.clip(a, 0, 1) * scale + 0.5).astype(dtype)
-        if out.ndim == 2:  # gray + alpha is saved as RGBA (OpenCV has no 2-channel PNG)
-            out = np.dstack([out] * 3)
-        out = np.dstack([out, a])
-    return out
+    return with_alpha(quantize(rgb01, like, ext, keep_gray), like, ext)
+
+
+def quantize(rgb01: np.ndarray, like: Optional[LoadedImage], ext: str, keep_gray: bool = True) -> np.ndarray:
+    """Float [..., 3] 0..1 -> the saved pixels without alpha: 8 or 16 bits (as ``like`` where
+    ``ext`` allows), one channel for a gray input. Works on any rows, so an output can be
+    quantized band by band into an array of ``output_layout``."""
+    depth, gray = output_layout(like, ext, keep_gray)
+    out = rgb01.mean(axis=-1) if gray and rgb01.ndim == 3 else rgb01
+    return (np.clip(out, 0, 1) * (65535.0 if depth == np.uint16 else 255.0) + 0.5).astype(depth)
+
+
+def output_layout(like: Optional[LoadedImage], ext: str, keep_gray: bool = True):
+    """(dtype, gray) of ``quantize``'s result for an input like ``like`` saved as ``ext``."""
+    deep = like is not None and like.bit_depth == 16 and ext.lower() in _HIGH_DEPTH
+    return (np.uint16 if deep else np.uint8), bool(like is not None and like.gray and keep_gray)
+
+
+def with_alpha(out: np.ndarray, like: Optional[LoadedImage], ext: str) -> np.ndarray:
+    """``quantize``'s pixels with ``like``'s alpha (resized to fit) where ``ext`` keeps alpha."""
+    if like is None or like.alpha is None or ext.lower() in _NO_ALPHA:
+        return out
+    scale = 65535.0 if out.dtype == np.uint16 else 255.0
+    a = like.alpha
+    h, w = out.shape[:2]
+    if a.shape[:2] != (h, w):
+        a = _resize(a, h, w)
+    a = a.astype(np.float32) / (65535.0 if a.dtype == np.uint16 else 255.0)
+    a = (np.clip(a, 0, 1) * scale + 0.5).astype(out.dtype)
+    if out.ndim == 2:  # gray + alpha is saved as RGBA (OpenCV has no 2-channel PNG)
+        out = np.dstack([out] * 3)
+    return np.dstack([out, a])
 
 
 def _resize(a: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -6,6 +6,13 @@ remuxed (packets copied, no re-encoding, so no quality loss) and interleaved wit
 as it is written. The output is written to a hidden temp file next to the destination and
 renamed at the very end, so an interrupted or failed run never leaves a file that looks
 complete.
+
+Timing: each decoded frame carries its timestamp, and the writer gives each output frame its
+input's timestamp, so a variable-frame-rate video (phones) keeps its timing and its audio sync;
+with a fixed output rate, frames are dropped or repeated by timestamp (``frame_repeats``).
+Rotation metadata (a phone held upright) is applied to the decoded frames, so faces are upright
+for the detector and the output plays the same without it. A video that stops decoding early
+(truncated, damaged) is read as far as it decodes; ``VideoReader.shortfall`` says what is missing.
 """
 from __future__ import annotations
 
@@ -14,13 +21,13 @@ import os
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Iterator, List, Optional, Union
+from typing import Iterator, List, Optional, Sequence, Union
 
 import numpy as np
 from ..errors import VideoError
 
-__all__ = ["VIDEO_EXTS", "VideoError", "VideoInfo", "probe", "VideoReader", "VideoWriter",
-           "retime_counts", "temp_path_for"]
+__all__ = ["VIDEO_EXTS", "VideoError", "VideoInfo", "VideoChunk", "probe", "VideoReader", "VideoWriter",
+           "frame_repeats", "retime_counts", "temp_path_for"]
 
 VIDEO_EXTS = (".mp4", ".mov", ".avi", ".mkv", ".webm")
 # Container format per extension (the temp file has no meaningful extension).
@@ -51,13 +58,26 @@ def _one_line(e: BaseException) -> str:
 
 @dataclass
 class VideoInfo:
-    width: int
+    width: int                   # as displayed: after the rotation is applied
     height: int
-    fps: Fraction
+    fps: Fraction                # average rate (a variable-rate video keeps its own timing)
     frames: Optional[int]        # container's count or an estimate from the duration; None if unknown
     has_audio: bool
     codec: str
     audio_codec: Optional[str] = None
+    rotation: int = 0            # degrees clockwise the stored frames are turned for display (0, 90, 180, 270)
+    duration: Optional[float] = None  # seconds, from the container; None if unknown
+
+
+@dataclass
+class VideoChunk:
+    """Decoded frames with their timing, in seconds from the video's start."""
+    frames: np.ndarray           # [n,H,W,3] uint8 RGB, upright
+    times: List[float]           # when each frame is shown
+    ends: List[float]            # when each is replaced: the next frame's time (the last: + its duration)
+
+    def __len__(self) -> int:
+        return len(self.times)
 
 
 def _rate(stream) -> Fraction:
@@ -75,11 +95,18 @@ def probe(path: Union[str, os.PathLike]) -> VideoInfo:
 
 
 class VideoReader:
-    """Decodes the first video stream as RGB uint8 chunks ``[n,H,W,3]``."""
+    """Decodes the first video stream as upright RGB uint8 chunks with their timestamps.
+
+    Opening decodes the first frame (a file that opens but does not decode fails here, before
+    any work), which also tells the rotation. Decoding that stops early, by an error or a file
+    cut short, ends the chunks there: ``shortfall`` then says so (None for a complete video).
+    """
 
     def __init__(self, path: Union[str, os.PathLike]):
         av = _av()
         self.path = Path(path)
+        if self.path.is_file() and self.path.stat().st_size == 0:
+            raise VideoError(f"{self.path.name}: empty file (0 bytes)")
         try:
             self.container = av.open(str(self.path), "r")
         except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
@@ -91,40 +118,100 @@ class VideoReader:
         self.stream.thread_type = "AUTO"
         audio = self.container.streams.audio
         fps = _rate(self.stream)
-        frames = int(self.stream.frames or 0) or None
-        if frames is None:
-            dur = None
-            if self.stream.duration and self.stream.time_base:
-                dur = float(self.stream.duration * self.stream.time_base)
-            elif self.container.duration:
-                dur = self.container.duration / 1_000_000
-            frames = int(round(dur * fps)) if dur else None
+        duration = None
+        if self.stream.duration and self.stream.time_base:
+            duration = float(self.stream.duration * self.stream.time_base)
+        elif self.container.duration:
+            duration = self.container.duration / 1_000_000
+        frames = int(self.stream.frames or 0) or (int(round(duration * fps)) if duration else None)
         ctx = self.stream.codec_context
         if not ctx.width or not ctx.height:
             self.container.close()
             raise VideoError(f"{self.path.name}: video stream has no frame size (damaged file?)")
-        self.info = VideoInfo(ctx.width, ctx.height, fps, frames, bool(audio), self.stream.codec_context.name,
-                              audio[0].codec_context.name if audio else None)
+        tb, st = self.stream.time_base, self.stream.start_time
+        self._start = float(st * tb) if st is not None and tb else None
+        self.decoded = 0
+        self.error: Optional[str] = None
+        self._last_end: Optional[float] = None
+        self._decoder = self.container.decode(self.stream)
+        self._next = self._decode_one()
+        if self._next is None:
+            self.container.close()
+            why = f" ({self.error})" if self.error else " (damaged file?)"
+            raise VideoError(f"{self.path.name}: no decodable video frames{why}")
+        rotation = int(round(-(self._next.rotation or 0))) % 360 if hasattr(self._next, "rotation") else 0
+        width, height = (ctx.height, ctx.width) if rotation in (90, 270) else (ctx.width, ctx.height)
+        self.info = VideoInfo(width, height, fps, frames, bool(audio), ctx.name,
+                              audio[0].codec_context.name if audio else None, rotation, duration)
+
+    def _decode_one(self):
+        """The next decoded frame, or None at the end (also when decoding fails: ``error``)."""
+        av = _av()
+        try:
+            return next(self._decoder)
+        except StopIteration:
+            return None
+        except av.FFmpegError as e:
+            self.error = _one_line(e)
+            return None
+
+    def _time(self, frame) -> Optional[float]:
+        if frame.pts is None or not frame.time_base:
+            return None
+        t = float(frame.pts * frame.time_base)
+        if self._start is None:
+            self._start = t
+        return t - self._start
+
+    def timed_chunks(self, size: int) -> Iterator[VideoChunk]:
+        """Yield ``size`` frames at a time (the last chunk may be shorter), upright, with their
+        times; one frame is decoded ahead so that each frame's end is known."""
+        step = 1.0 / float(self.info.fps)
+        buf: List[np.ndarray] = []
+        times: List[float] = []
+        while self._next is not None:
+            frame, self._next = self._next, self._decode_one()
+            self.decoded += 1
+            t = self._time(frame)
+            t = (times[-1] + step if times else 0.0) if t is None else t
+            if times and t <= times[-1]:      # a repeated or missing timestamp: keep the order
+                t = times[-1] + step / 1000
+            buf.append(self._upright(frame.to_ndarray(format="rgb24")))
+            times.append(t)
+            nxt = None if self._next is None else self._time(self._next)
+            if nxt is None or nxt <= t:
+                dur = float(frame.duration * frame.time_base) if frame.duration and frame.time_base else step
+                nxt = t + dur
+            self._last_end = nxt
+            if len(buf) >= size or self._next is None:
+                ends = times[1:] + [nxt]
+                yield VideoChunk(np.stack(buf), times, ends)
+                buf, times = [], []
 
     def chunks(self, size: int) -> Iterator[np.ndarray]:
-        """Yield frames in chunks of ``size`` (the last may be shorter)."""
-        av = _av()
-        buf: List[np.ndarray] = []
-        decoded = 0
-        try:
-            for frame in self.container.decode(self.stream):
-                buf.append(frame.to_ndarray(format="rgb24"))
-                decoded += 1
-                if len(buf) >= size:
-                    yield np.stack(buf)
-                    buf = []
-        except av.FFmpegError as e:
-            raise VideoError(f"{self.path.name}: decoding failed after {decoded} frames "
-                             f"({_one_line(e)})") from None
-        if buf:
-            yield np.stack(buf)
-        if decoded == 0:
-            raise VideoError(f"{self.path.name}: no decodable video frames (damaged file?)")
+        """Yield frames in chunks of ``size`` (the last may be shorter), upright."""
+        for chunk in self.timed_chunks(size):
+            yield chunk.frames
+
+    def _upright(self, arr: np.ndarray) -> np.ndarray:
+        r = self.info.rotation if hasattr(self, "info") else 0
+        return arr if r == 0 else np.ascontiguousarray(np.rot90(arr, k=-(r // 90)))
+
+    @property
+    def shortfall(self) -> Optional[str]:
+        """After reading: why the video ended before its container says it should, or None.
+        ("decoding failed after 40 frames (...)", "40 of 60 frames decoded (1.6 of 2.5 s)")."""
+        if self.error is not None:
+            return f"decoding stopped after {self.decoded} frames ({self.error})"
+        info = self.info
+        short_frames = info.frames is not None and self.decoded < info.frames - 1
+        short_time = (info.duration is not None and self._last_end is not None
+                      and self._last_end < info.duration - 2.0 / float(info.fps))
+        if not (short_frames or short_time):
+            return None
+        frames = f"{self.decoded} of {info.frames} frames" if info.frames else f"{self.decoded} frames"
+        seconds = f" ({self._last_end:.1f} of {info.duration:.1f} s)" if info.duration and self._last_end else ""
+        return f"only {frames} decoded{seconds}: the file looks truncated"
 
     def close(self) -> None:
         self.container.close()
@@ -136,14 +223,20 @@ class VideoReader:
         self.close()
 
 
-def retime_counts(start: int, n: int, fps_in: Fraction, fps_out: Fraction) -> List[int]:
-    """How often each input frame ``start..start+n-1`` is written to hit ``fps_out`` (0 = dropped).
+def frame_repeats(times: Sequence[float], ends: Sequence[float], fps_out: Fraction) -> List[int]:
+    """How often each input frame, shown from ``times[i]`` until ``ends[i]`` (seconds), is written
+    to a ``fps_out`` stream (0 = dropped): output slot k (at k / fps_out) shows the frame on screen
+    at that moment, so the duration and audio sync are kept, whatever the input's timing."""
+    fps = float(Fraction(fps_out))
+    slot = lambda t: math.ceil(t * fps - 1e-9)  # noqa: E731  first slot at or after t
+    return [max(0, slot(e) - slot(t)) for t, e in zip(times, ends)]
 
-    Input frame i covers [i/fps_in, (i+1)/fps_in); it fills every output slot k/fps_out in
-    that interval, so the duration (and audio sync) is kept when the rate changes.
-    """
-    ratio = Fraction(fps_out) / Fraction(fps_in)
-    return [math.ceil((i + 1) * ratio) - math.ceil(i * ratio) for i in range(start, start + n)]
+
+def retime_counts(start: int, n: int, fps_in: Fraction, fps_out: Fraction) -> List[int]:
+    """``frame_repeats`` for a constant ``fps_in``: input frame i covers [i/fps_in, (i+1)/fps_in)."""
+    rate = float(Fraction(fps_in))
+    return frame_repeats([i / rate for i in range(start, start + n)],
+                         [(i + 1) / rate for i in range(start, start + n)], fps_out)
 
 
 def temp_path_for(dest: Path) -> Path:
@@ -175,7 +268,7 @@ class VideoWriter:
 
     def __init__(self, dest: Union[str, os.PathLike], width: int, height: int, fps: Fraction,
                  audio_from: Union[str, os.PathLike, None] = None, codec: Optional[str] = None,
-                 crf: Optional[int] = None):
+                 crf: Optional[int] = None, time_base: Optional[Fraction] = None):
         av = _av()
         self.dest = Path(dest)
         fmt = _FORMATS.get(self.dest.suffix.lower())
@@ -187,7 +280,14 @@ class VideoWriter:
         if self.width < 2 or self.height < 2:
             raise VideoError(f"{self.dest.name}: frame size {width}x{height} is too small to encode")
         self.fps = Fraction(fps).limit_denominator(100000)
+        # Timestamps are in this unit: 1/fps for a constant rate (write(counts=...)); a finer one
+        # (the input's) to keep each frame's own time (write(times=...)). MPEG-4 Part 2 takes
+        # denominators up to 65535 only.
+        tb = Fraction(time_base) if time_base else 1 / self.fps
+        self.time_base = tb if tb.numerator == 1 and tb.denominator <= 65535 else Fraction(1, 60000)
         self.frames_written = 0
+        self.clock = 0.0                 # seconds of video written so far
+        self._last_pts: Optional[int] = None
         self.audio_copied = False
         self.audio_note: Optional[str] = None
         self._done = False
@@ -205,7 +305,7 @@ class VideoWriter:
             self.vstream = self.out.add_stream(name, rate=self.fps)
             self.vstream.width, self.vstream.height = self.width, self.height
             self.vstream.pix_fmt = "yuv420p"
-            self.vstream.codec_context.time_base = 1 / self.fps
+            self.vstream.codec_context.time_base = self.time_base
             opts = {}
             if name == "libx264":
                 opts = {"crf": str(18 if crf is None else crf), "preset": "medium"}
@@ -311,26 +411,37 @@ class VideoWriter:
             self._audio_packets = None
 
     # -- video ------------------------------------------------------------------------------
-    def write(self, frames: np.ndarray, counts: Optional[List[int]] = None) -> None:
-        """Encode RGB uint8 frames [n,H,W,3]; ``counts[i]`` repeats frame i (0 drops it)."""
+    def write(self, frames: np.ndarray, counts: Optional[List[int]] = None,
+              times: Optional[Sequence[float]] = None, ends: Optional[Sequence[float]] = None) -> None:
+        """Encode RGB uint8 frames [n,H,W,3]. ``times`` (seconds from the start, with ``ends``, when
+        each frame is replaced): each frame keeps its own time. Else each frame fills ``counts[i]``
+        consecutive slots of the constant rate (1 each when None; 0 drops it)."""
         av = _av()
         frames = frames[:, :self.height, :self.width]
         if frames.shape[1] != self.height or frames.shape[2] != self.width:
             raise VideoError(f"{self.dest.name}: frame size {frames.shape[2]}x{frames.shape[1]} "
                              f"!= {self.width}x{self.height}")
+        tb = self.time_base
         try:
             for i, arr in enumerate(frames):
-                reps = 1 if counts is None else int(counts[i])
+                reps = 1 if counts is None or times is not None else int(counts[i])
                 if reps <= 0:
                     continue
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")
                 for _ in range(reps):
-                    vf.pts = self.frames_written
-                    vf.time_base = self.vstream.codec_context.time_base
+                    if times is not None:   # its own time, on the time base's grid, strictly increasing
+                        pts = int(round(float(times[i]) / tb))
+                        pts = pts if self._last_pts is None else max(self._last_pts + 1, pts)
+                        self.clock = max(float(pts * tb), float(ends[i]) if ends is not None else 0.0)
+                    else:               # the next slot of the constant rate
+                        pts = int(round(self.frames_written / (self.fps * tb)))
+                        self.clock = (self.frames_written + 1) / float(self.fps)
+                    vf.pts, vf.time_base = pts, tb
                     for pkt in self.vstream.encode(vf):
                         self.out.mux(pkt)
+                    self._last_pts = pts
                     self.frames_written += 1
-            self._mux_audio_until(self.frames_written / float(self.fps) + 0.5)
+            self._mux_audio_until(self.clock + 0.5)
         except av.FFmpegError as e:
             raise VideoError(f"{self.dest.name}: encoding failed ({_one_line(e)})") from None
 

@@ -214,11 +214,10 @@ def build_strict(arch: Architecture, state_dict: Mapping[str, Tensor], **build_k
     return model.float().eval().requires_grad_(False)
 
 
-def load_network(source: Source, kind: Optional[str] = None, device: Union[str, torch.device, None] = None,
-                 **build_kwargs) -> nn.Module:
-    """Any network of this pack from a weight file or state dict, its architecture detected from
-    keys and shapes (never from the file name). ``kind`` restricts what is accepted;
-    ``build_kwargs`` go to the architecture (CodeFormer: ``options``). Raises CheckpointError."""
+def check_network(source: Source, kind: Optional[str] = None) -> Tuple[Architecture, StateDict]:
+    """Every check ``load_network`` makes before building (safe read, architecture from keys and
+    shapes, finiteness): (architecture, state dict) of a file that loads, else CheckpointError
+    with the message loading gives. ``codeformer weights verify`` uses it."""
     where = describe_source(source)
     state_dict = read_state_dict(source)
     arch = detect(state_dict, kind, where)
@@ -226,6 +225,15 @@ def load_network(source: Source, kind: Optional[str] = None, device: Union[str, 
     if bad is not None:
         raise CheckpointError(f"{where} ({arch.title}) contains NaN or infinite values (e.g. in {bad}); "
                               "the file is damaged: download it again")
+    return arch, state_dict
+
+
+def load_network(source: Source, kind: Optional[str] = None, device: Union[str, torch.device, None] = None,
+                 **build_kwargs) -> nn.Module:
+    """Any network of this pack from a weight file or state dict, its architecture detected from
+    keys and shapes (never from the file name). ``kind`` restricts what is accepted;
+    ``build_kwargs`` go to the architecture (CodeFormer: ``options``). Raises CheckpointError."""
+    arch, state_dict = check_network(source, kind)
     model = build_strict(arch, state_dict, **build_kwargs)
     return model.to(device) if device is not None else model
 
