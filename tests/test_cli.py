@@ -334,7 +334,7 @@ def test_weights_convert_round_trip(capsys, models_dir, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert load_model(dest).variant == "restoration"
     rc, out, _ = run(capsys, "weights", "verify", dest)
-    assert rc == 0 and "CodeFormer restoration checkpoint" in out
+    assert rc == 0 and "loads as CodeFormer (restoration)" in out
     rc, _, err = run(capsys, "weights", "convert", src, "--fp16", "-o", tmp_path / "h.safetensors")
     h = read_state_dict(tmp_path / "h.safetensors")
     assert rc == 0 and all(h[k].dtype == torch.float16 for k in h if a[k].is_floating_point())
