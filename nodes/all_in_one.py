@@ -32,6 +32,11 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                                tooltip="Restore all faces, only the largest, or only the one nearest the centre "
                                        "of each frame."),
                 threshold_input("Detection confidence needed to count as a face."),
+                io.Float.Input("max_memory_gb", default=2.0, min=0.25, max=1024.0, step=0.25, optional=True,
+                               tooltip="Working memory for frames, faces and paste-back besides the models, "
+                                       "in GB: how many frames and faces are processed together and the bands "
+                                       "large outputs are made in. Lower it on a small machine, raise it on a "
+                                       "large GPU for speed; free memory is never looked at."),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with restored faces (frames without a "
@@ -48,7 +53,7 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, model, face_detector, w=0.5, visibility=1.0, selection="all",
-                threshold=0.8) -> io.NodeOutput:
+                threshold=0.8, max_memory_gb=2.0) -> io.NodeOutput:
         task = pipeline.model_task(model)   # the model's own task: restore, colorize or inpaint
         frames = int(image.shape[0]) if image.dim() == 4 else 1
         bar = bridge.progress_bar(frames)
@@ -57,5 +62,6 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
             result = pipeline.restore_images(
                 image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
                 parser=face_detector.parser, batch_size=NETWORK_BATCH, progress=bar,
-                check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection)
+                check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection,
+                memory_budget=int(float(max_memory_gb) * 2 ** 30))
         return io.NodeOutput(result.images, result.mask, result.total_faces)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import torch
 from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
@@ -41,8 +42,15 @@ def visibility_input(faces: str = "restored") -> io.Float.Input:
                           tooltip=f"Opacity of the {faces} faces: 1 = fully replaced, 0 = original image.")
 
 
+PLACEHOLDER_SIZE = 64   # the black square a crops output carries when there is no face
+
+
 def crops_image(faces: FaceBatch):
-    """FACES crops as a ComfyUI IMAGE [N,S,S,3] (an empty batch when there are no faces)."""
+    """FACES crops as a ComfyUI IMAGE [N,S,S,3]. With no faces, one black placeholder square
+    instead of an empty batch, which ComfyUI's Preview / Save Image (and most image nodes) cannot
+    take; the face_count outputs stay 0, and 'Image to Face Crops' ignores it."""
+    if len(faces) == 0:
+        return torch.zeros(1, PLACEHOLDER_SIZE, PLACEHOLDER_SIZE, 3)
     return pipeline.from_frames(faces.crops)
 
 

@@ -145,6 +145,8 @@ class CodeFormerImageToCrops(io.ComfyNode):
     @classmethod
     def execute(cls, faces, crops) -> io.NodeOutput:
         n = int(crops.shape[0])
+        if len(faces) == 0:   # nothing to replace (the crops are 'Face Crops to Image''s placeholder)
+            return io.NodeOutput(faces)
         if n != len(faces):
             raise InputError(f"got {n} images for {len(faces)} faces; the crops image batch must have one "
                              f"image per face, in the order 'Face Crops to Image' gave them")

@@ -268,3 +268,50 @@ def closed_port() -> int:
 
 def closed_port_url(name: str) -> str:
     return f"http://127.0.0.1:{closed_port()}/{name}"
+
+
+def prompt_node(object_info: dict, node_type: str, **inputs) -> dict:
+    """An API-prompt node with every required widget at its default (from ``object_info``, the
+    server's /object_info or the nodes' GET_NODE_INFO_V1), ``inputs`` on top."""
+    values = {}
+    for name, spec in object_info[node_type]["input"].get("required", {}).items():
+        opts = spec[1] if len(spec) > 1 else {}
+        if "default" in opts:
+            values[name] = opts["default"]
+        elif isinstance(spec[0], list) and spec[0]:
+            values[name] = spec[0][0]
+    return {"class_type": node_type, "inputs": {**values, **inputs}}
+
+
+def empty_outputs_prompt(object_info: dict, image: str = "astronaut.png") -> tuple:
+    """Issue 14's graph (API format, a test's own, never in workflows/): the detector finds nothing
+    (threshold 1.0), then restore -> crops out -> crops in -> paste, and the all-in-one node; every
+    IMAGE output that can be empty goes into Preview Image and Save Image, every MASK through Mask To
+    Image into Preview Image. Returns (prompt, {output: the preview / save node ids})."""
+    node = lambda t, **kw: prompt_node(object_info, t, **kw)  # noqa: E731
+    p = {
+        "1": {"class_type": "LoadImage", "inputs": {"image": image}},
+        "2": node("CodeFormerFaceDetectorLoader", detector_model="detection_mobilenet0.25_Final.pth",
+                  parsing_model="parsing_parsenet.pth"),
+        "3": node("CodeFormerModelLoader", model_name="codeformer.pth"),
+        "4": node("CodeFormerDetectFaces", image=["1", 0], face_detector=["2", 0], threshold=1.0),
+        "5": node("CodeFormerRestoreFaces", model=["3", 0], faces=["4", 0]),
+        "6": node("CodeFormerCropsToImage", faces=["5", 0]),
+        "7": node("CodeFormerImageToCrops", faces=["5", 0], crops=["6", 0]),
+        "8": node("CodeFormerPasteFaces", image=["1", 0], faces=["7", 0]),
+        "9": node("CodeFormerRestoreFacesAllInOne", image=["1", 0], model=["3", 0], face_detector=["2", 0],
+                  threshold=1.0),
+    }
+    images = {"detect crops": ["4", 1], "restore crops": ["5", 1], "crops to image": ["6", 0],
+              "paste image": ["8", 0], "all-in-one image": ["9", 0]}
+    masks = {"detect mask": ["4", 2], "paste mask": ["8", 1], "all-in-one mask": ["9", 1]}
+    previews = {}
+    for i, (what, link) in enumerate(images.items()):
+        p[f"p{i}"] = {"class_type": "PreviewImage", "inputs": {"images": link}}
+        p[f"s{i}"] = {"class_type": "SaveImage", "inputs": {"images": link, "filename_prefix": f"empty_{i}"}}
+        previews[what] = (f"p{i}", f"s{i}")
+    for i, (what, link) in enumerate(masks.items()):
+        p[f"m{i}"] = {"class_type": "MaskToImage", "inputs": {"mask": link}}
+        p[f"mp{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"m{i}", 0]}}
+        previews[what] = (f"mp{i}",)
+    return p, previews
