@@ -59,6 +59,13 @@ def frames_per_chunk(frames, device, upscale: float = 1.0) -> int:
     return pipeline.auto_frames_per_chunk(frames.shape[-2], frames.shape[-1], device, upscale)
 
 
+def frame_names(frames):
+    """How ``run_in_chunks`` names a frame that does not fit in memory even alone, for frames
+    [B,3,H,W]: "frame 3 of 8 (1920x1080 pixels)"."""
+    b, h, w = int(frames.shape[0]), int(frames.shape[-2]), int(frames.shape[-1])
+    return lambda i: f"frame {i + 1} of {b} ({w}x{h} pixels)"
+
+
 def check_choice(name: str, value, options: Sequence[str]) -> Optional[str]:
     """For ``validate_inputs``: a message when ``value`` is not one of ``options`` (ComfyUI 0.3.64
     does not check V3 combo values itself). None = fine, or not known before the run (a link)."""

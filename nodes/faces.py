@@ -12,7 +12,7 @@ from ..codeformer_core.faces.detect import SELECTIONS, SORT_KEYS
 from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
 from .common import (CATEGORY, FRAME_WORK_BYTES, FaceDetector, Faces, check_choice, crops_image,
-                     frames_per_chunk, threshold_input, validation_result)
+                     frame_names, frames_per_chunk, threshold_input, validation_result)
 
 
 class CodeFormerDetectFaces(io.ComfyNode):
@@ -92,7 +92,8 @@ class CodeFormerDetectFaces(io.ComfyNode):
                 _, mask = paste_faces(chunk, faces)
                 bar(done + stop, b + done)
                 return faces.to("cpu"), mask[:, 0].float().cpu()
-            parts = run_in_chunks(b, size, detect_chunk, device=device, check_interrupt=bridge.check_interrupt)
+            parts = run_in_chunks(b, size, detect_chunk, device=device, check_interrupt=bridge.check_interrupt,
+                                  describe=frame_names(frames))
         if not parts:   # an empty image batch
             faces, mask = FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
         else:

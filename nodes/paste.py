@@ -9,7 +9,7 @@ from ..codeformer_core.chunks import run_in_chunks
 from ..codeformer_core.errors import InputError
 from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
-from .common import CATEGORY, FRAME_WORK_BYTES, Faces, frames_per_chunk, visibility_input
+from .common import CATEGORY, FRAME_WORK_BYTES, Faces, frame_names, frames_per_chunk, visibility_input
 
 
 class CodeFormerPasteFaces(io.ComfyNode):
@@ -86,5 +86,5 @@ class CodeFormerPasteFaces(io.ComfyNode):
                 bar(stop, b)
                 return pipeline.from_frames(out), mask[:, 0].float().cpu()
             parts = run_in_chunks(b, frames_per_chunk(frames, device, upscale), paste_chunk, device=device,
-                                  check_interrupt=bridge.check_interrupt)
+                                  check_interrupt=bridge.check_interrupt, describe=frame_names(frames))
         return io.NodeOutput(torch.cat([i for i, _ in parts]), torch.cat([m for _, m in parts]))

@@ -75,3 +75,18 @@ def test_other_face_steps_crops_feed_preview_and_save(comfyui, N, synthetic_mode
     preview = N["PreviewImage"]().save_images(images=crops)
     saved = N["SaveImage"]().save_images(images=crops, filename_prefix="empty_step")
     assert preview["ui"]["images"] and saved["ui"]["images"]
+
+
+def test_node_out_of_memory_names_the_frame(comfyui, N, astronaut_image, monkeypatch):
+    """The allocator refuses (as the CPU allocator words it): after the halving, one line naming the
+    frame and its size, not the allocator's text."""
+    def refuse(self, x):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 3276800000 bytes.")
+    (detector,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_mobilenet0.25_Final.pth",
+                           parsing_model="none")
+    monkeypatch.setattr(type(detector.detector.net), "forward", refuse)   # the pack's own RetinaFace class
+    frames = torch.cat([astronaut_image, astronaut_image])
+    with pytest.raises(comfyui.pack.codeformer_core.errors.NotEnoughMemoryError) as info:
+        run_node(N["CodeFormerDetectFaces"], image=frames, face_detector=detector,
+                 **prompt_node(infos(N), "CodeFormerDetectFaces")["inputs"])
+    assert str(info.value) == "not enough memory for frame 1 of 2 (256x256 pixels), even on its own"
