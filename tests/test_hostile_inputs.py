@@ -9,7 +9,6 @@ import struct
 import subprocess
 import sys
 from contextlib import redirect_stderr, redirect_stdout
-from fractions import Fraction
 from pathlib import Path
 
 import cv2

@@ -19,8 +19,6 @@ and writes the output band by band into the saved pixel format, as ``codeformer 
 from __future__ import annotations
 
 import argparse
-import os
-import resource
 import subprocess
 import sys
 import tempfile
