@@ -4,7 +4,7 @@
                                                [--max-memory 2G] [--models DIR] [--cli IMAGE ...]
 
 Each measurement runs in a fresh interpreter (a child process) that reports its own peak resident set
-(``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at exit): models, PyTorch and the allocator's retained
+(``VmHWM`` of /proc/self/status at exit; ``ru_maxrss`` would carry over the parent's peak across exec): models, PyTorch and the allocator's retained
 memory included.
 
 Default (pipeline): the child sets the command line's allocator policy (cli/memory.py), loads
@@ -29,12 +29,13 @@ CHILD = "--child"
 
 
 # Runs a module as ``python -m`` would, then reports the process's own peak resident set.
-WRAP = ("import resource, runpy, sys\n"
+WRAP = ("import re, runpy, sys\n"
         "sys.argv = sys.argv[1:]\n"
         "try:\n"
         "    runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)\n"
         "finally:\n"
-        "    print('PEAK_RSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n")
+        "    print('PEAK_RSS_KB', re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1),\n"
+        "          file=sys.stderr)\n")
 
 
 def _peak_of(module: str, *args: str) -> tuple:
