@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import COMFYUI_DIR, DATA, NODE_IDS, ROOT, Golden, write_synthetic_models
+from helpers import COMFYUI_DIR, DATA, NODE_IDS, ROOT, Golden, cache_model_loading, write_synthetic_models
 
 torch.set_grad_enabled(False)
 
@@ -109,3 +109,13 @@ def astronaut_image() -> torch.Tensor:
     """tests/data/astronaut.png as a ComfyUI IMAGE [1,256,256,3] (what LoadImage gives)."""
     rgb = np.asarray(Image.open(DATA / "astronaut.png").convert("RGB")).astype(np.float32) / 255
     return torch.from_numpy(rgb)[None]
+
+
+@pytest.fixture(scope="module")
+def cached_model_loading():
+    """Loaded networks reused across the command-line calls of one test module (each call would
+    otherwise re-read a 376 MB checkpoint; loading itself is tested elsewhere)."""
+    mp = pytest.MonkeyPatch()
+    cache_model_loading(mp)
+    yield
+    mp.undo()

@@ -142,6 +142,17 @@ NO_FACES = ["--detection-threshold", "1.0"]  # scores never exceed 1: detection 
 _load_cache: dict = {}
 
 
+def run_cli(*argv):
+    """``codeformer ARGV...`` in this process: (exit code, stdout, stderr)."""
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+    from codeformer_core import cli
+    o, e = io.StringIO(), io.StringIO()
+    with redirect_stdout(o), redirect_stderr(e):
+        rc = cli.main([str(a) for a in argv])
+    return rc, o.getvalue(), e.getvalue()
+
+
 def cache_model_loading(monkeypatch) -> None:
     """Reuse loaded models across cli.main calls (same path -> same object)."""
     from codeformer_core.faces import detect as detection

@@ -18,19 +18,14 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, cache_model_loading)
+from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut)
 from codeformer_core import cli
 from codeformer_core.weights import registry as weights
 from codeformer_core.io.images import read_image
 from helpers import closed_port_url, serve
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cached_loading():
-    mp = pytest.MonkeyPatch()
-    cache_model_loading(mp)
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("cached_model_loading")
 
 
 def run(capsys, *argv):

@@ -3,15 +3,13 @@ smoothing options (``--smooth`` zero-lag two-pass, ``--smooth-online``). A small
 RestoreFormer keeps the network cheap."""
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from helpers import DETECTOR_ARGS, aligned_face, astronaut, make_video, video_facts
+from helpers import run_cli, DETECTOR_ARGS, aligned_face, astronaut, make_video, video_facts
 from codeformer_core import cli
 
 pytest.importorskip("spandrel")
@@ -25,11 +23,7 @@ def restoreformer_file(tmp_path_factory):
     return write_model(random_restoreformer(), tmp_path_factory.mktemp("face") / "restoreformer_tiny.pth")
 
 
-def call(*argv):
-    o, e = io.StringIO(), io.StringIO()
-    with redirect_stdout(o), redirect_stderr(e):
-        rc = cli.main([str(a) for a in argv])
-    return rc, o.getvalue(), e.getvalue()
+call = run_cli
 
 
 def test_aligned_face_restored_by_the_face_model(tmp_path, models_dir, restoreformer_file):

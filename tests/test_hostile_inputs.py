@@ -8,7 +8,7 @@ import io
 import struct
 import subprocess
 import sys
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import cv2
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import DETECTOR_ARGS, NO_FACES, astronaut, cache_model_loading, make_video, video_facts
+from helpers import run_cli, DETECTOR_ARGS, NO_FACES, astronaut, make_video, video_facts
 from codeformer_core import cli
 
 CPU_REFUSAL = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
@@ -28,19 +28,10 @@ def models(models_dir):
     return models_dir
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cached_loading():
-    mp = pytest.MonkeyPatch()
-    cache_model_loading(mp)
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("cached_model_loading")
 
 
-def call(*argv):
-    o, e = io.StringIO(), io.StringIO()
-    with redirect_stdout(o), redirect_stderr(e):
-        rc = cli.main([str(a) for a in argv])
-    return rc, o.getvalue(), e.getvalue()
+call = run_cli
 
 
 def error_lines(err: str):

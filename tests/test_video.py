@@ -3,14 +3,12 @@ no output left behind on failure. Tiny videos (a few 64x48 frames) keep this che
 test runs the network on two aligned-face frames batched together."""
 from __future__ import annotations
 
-import io
-from contextlib import redirect_stderr, redirect_stdout
 from fractions import Fraction
 
 import numpy as np
 import pytest
 
-from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, cache_model_loading, make_video,
+from helpers import (run_cli, DETECTOR_ARGS, NO_FACES, aligned_face, make_video,
                           video_facts)
 from codeformer_core import cli
 from codeformer_core.io.video import VideoReader, retime_counts
@@ -18,19 +16,10 @@ from codeformer_core.io.video import VideoReader, retime_counts
 pytest.importorskip("av")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cached_loading():
-    mp = pytest.MonkeyPatch()
-    cache_model_loading(mp)
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("cached_model_loading")
 
 
-def call(*argv):
-    o, e = io.StringIO(), io.StringIO()
-    with redirect_stdout(o), redirect_stderr(e):
-        rc = cli.main([str(a) for a in argv])
-    return rc, o.getvalue(), e.getvalue()
+call = run_cli
 
 
 def gradient_frames(n: int, w: int = 64, h: int = 48):
