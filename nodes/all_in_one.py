@@ -5,7 +5,7 @@ from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FORWARD_BYTES, NETWORK_BATCH, CodeFormerModel, FaceDetector, check_choice,
+from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, network_batch,
                      threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
@@ -58,10 +58,11 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
         frames = int(image.shape[0]) if image.dim() == 4 else 1
         bar = bridge.progress_bar(frames)
         modules = [model, face_detector.detector.net, face_detector.parser]
-        with bridge.on_compute_device(modules, FORWARD_BYTES * NETWORK_BATCH):
+        batch = network_batch()
+        with bridge.on_compute_device(modules, FORWARD_BYTES * batch):
             result = pipeline.restore_images(
                 image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
-                parser=face_detector.parser, batch_size=NETWORK_BATCH, progress=bar,
+                parser=face_detector.parser, batch_size=batch, progress=bar,
                 check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection,
                 memory_budget=int(float(max_memory_gb) * 2 ** 30))
         return io.NodeOutput(result.images, result.mask, result.total_faces)

@@ -103,9 +103,13 @@ def offload_device():
     return mm.unet_offload_device()
 
 
+def compute_device():
+    return mm.get_torch_device()
+
+
 def auto_half(model_params: int = 0) -> bool:
     """Whether ComfyUI says the compute device runs fp16 well."""
-    return bool(mm.should_use_fp16(mm.get_torch_device(), model_params=model_params))
+    return bool(mm.should_use_fp16(compute_device(), model_params=model_params))
 
 
 def module_bytes(module) -> int:
@@ -117,7 +121,7 @@ def on_compute_device(modules: Iterable, working_bytes: int = 0) -> Iterator[obj
     """Frees ComfyUI memory for the job, moves the modules to the compute device, and always
     puts them back on the offload device afterwards (also on error or cancel)."""
     modules = [m for m in modules if m is not None]
-    device = mm.get_torch_device()
+    device = compute_device()
     mm.free_memory(sum(module_bytes(m) for m in modules) + int(working_bytes), device)
     try:
         for m in modules:

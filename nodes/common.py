@@ -9,6 +9,7 @@ from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
 from ..codeformer_core.faces.batch import FaceBatch
+from . import comfy_bridge as bridge
 
 CATEGORY = "image/face restoration/CodeFormer"
 
@@ -17,7 +18,6 @@ CodeFormerModel = io.Custom("CODEFORMER_MODEL")   # codeformer_core.models.codef
 FaceDetector = io.Custom("FACE_DETECTOR")         # loaders.FaceDetectorBundle
 Faces = io.Custom("FACES")                        # codeformer_core.faces.batch.FaceBatch
 
-NETWORK_BATCH = 4  # faces per CodeFormer forward; halves itself on out-of-memory
 # Rough activation memory of one 512x512 CodeFormer forward, for free_memory before a batch.
 FORWARD_BYTES = 600 * 2 ** 20
 # Working memory of detection / paste-back per frame, as a multiple of the frame's element count
@@ -78,3 +78,9 @@ def validation_result(*messages: Optional[str]):
     """``validate_inputs`` return value: True, or the problems as one message."""
     problems = [m for m in messages if m]
     return "; ".join(problems) if problems else True
+
+
+def network_batch() -> int:
+    """Faces per CodeFormer forward on ComfyUI's compute device (1 on CPU, 8 on a GPU: the core's
+    ``pipeline.default_network_batch``); the chunk loop halves it on out-of-memory."""
+    return pipeline.default_network_batch(bridge.compute_device())

@@ -14,7 +14,7 @@ from comfy_api.latest import io
 
 from ..codeformer_core.errors import MissingWeightError
 from ..codeformer_core.faces.detect import load_detector
-from ..codeformer_core.models.loader import DTYPE_CHOICES, load_model
+from ..codeformer_core.models.loader import DTYPE_CHOICES, codeformer_dtype, load_model
 from ..codeformer_core.models.parsenet import load_parsenet
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
@@ -106,8 +106,10 @@ class CodeFormerModelLoader(io.ComfyNode):
                              "Weight file from models/facerestore_models or models/codeformer. "
                              "Official files that are missing are downloaded when the node first runs."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
-                               tooltip="Precision. auto = fp16 where ComfyUI says the device supports it, "
-                                       "else fp32. fp32 is the reference."),
+                               tooltip="Precision. auto = fp16 where ComfyUI says the device supports it; "
+                                       "on CPU bf16 where the CPU runs bf16 natively; else fp32. In fp16 "
+                                       "and bf16 the encoder stays fp32, so the chosen codes are those of "
+                                       "fp32. fp32 is the reference."),
             ],
             outputs=[
                 CodeFormerModel.Output(display_name="model", tooltip="The CodeFormer model, kept on ComfyUI's "
@@ -131,7 +133,9 @@ class CodeFormerModelLoader(io.ComfyNode):
     def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = resolve_weight(bridge.CODEFORMER_FOLDERS, model_name)
         if dtype == "auto":
-            dtype = "fp16" if bridge.auto_half(80_000_000) else "fp32"
+            device = bridge.compute_device()
+            dtype = ("fp16" if bridge.auto_half(80_000_000) else
+                     codeformer_dtype("auto", device) if device.type == "cpu" else "fp32")
         model = load_model(path, device=bridge.offload_device(), dtype=dtype)
         return io.NodeOutput(model, model.variant)
 

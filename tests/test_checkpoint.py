@@ -216,7 +216,7 @@ def test_one_family_table_names_what_it_cannot_load():
 
 
 def test_options_belong_to_the_instance(restoration_sd):
-    naive = CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False)
+    naive = CodeFormerOptions(use_sdpa=False, fold_upsample=False)
     a, b = load_model(restoration_sd, options=naive), load_model(restoration_sd)
     assert a.options == naive and b.options == CodeFormerOptions()
     assert not a.generator.blocks[2].use_sdpa and b.generator.blocks[2].use_sdpa

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import (DETECTOR_ARGS, NO_FACES, aligned_face, astronaut)
+from helpers import DETECTOR_ARGS, NO_FACES, aligned_face, astronaut, run_cli
 from codeformer_core import cli
 from codeformer_core.weights import registry as weights
 from codeformer_core.io.images import read_image
@@ -75,13 +75,22 @@ def test_usage_errors_are_one_line(capsys, tmp_path, models_dir):
 def aligned_run(models_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("aligned")
     src = write_rgb(d / "face.png", aligned_face(128))
-    rc = cli.main(["restore", str(src), "--has-aligned", "-s", "2", "-w", "0.7", "--models", str(models_dir),
-                   *DETECTOR_ARGS])
-    return rc, src, d / "face_restored.png"
+    rc, _, err = run_cli("restore", src, "--has-aligned", "-s", "2", "-w", "0.7", "--models", models_dir,
+                         *DETECTOR_ARGS)
+    return rc, src, d / "face_restored.png", err
+
+
+def test_auto_precision_on_cpu_is_bf16_only_where_native(aligned_run):
+    """--dtype auto (the default): CodeFormer in bf16 on a CPU with native bf16 (the codes are those
+    of float32: tests/test_precision.py), else float32. The CPU flags are read here independently."""
+    flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    native = bool({"avx512_bf16", "amx_bf16"} & set(flags.split(":", 1)[1].split()))
+    loading = next(line for line in aligned_run[3].splitlines() if line.startswith("loading codeformer"))
+    assert loading.endswith("(bfloat16)" if native else "(float32)"), loading
 
 
 def test_aligned_face_restored(aligned_run):
-    rc, src, dest = aligned_run
+    rc, src, dest, _ = aligned_run
     assert rc == 0 and dest.is_file()
     out = read_image(dest)
     assert out.rgb.shape == (256, 256, 3) and out.bit_depth == 8

@@ -128,13 +128,13 @@ def test_channels_last_layout_meets_the_rule(golden, synthetic_model):
 
 
 def test_naive_options_instance_meets_the_rule(golden, synthetic_model):
-    """The benchmark's naive baseline (explicit softmax attention, upsample-then-conv, no float64
-    encoder tail) is its own instance: it meets the rule too, and the shared model is unaffected."""
+    """The benchmark's naive baseline (explicit softmax attention, upsample-then-conv) is its own
+    instance: it meets the rule too, and the shared model is unaffected."""
     from codeformer_core.models.codeformer import CodeFormerOptions
     from codeformer_core.models.loader import load_model
     g = golden("restoration")
     naive = load_model({"params_ema": g.state_dict()}, device="cpu",
-                       options=CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False))
+                       options=CodeFormerOptions(use_sdpa=False, fold_upsample=False))
     out, logits, idx = naive(torch.from_numpy(g.x), w=0.5, adain=True, return_codes=True)
     assert_close("out", g.sample(out.numpy()), g.out(0.5))
     assert_close("logits", logits, g.arrays["logits"])

@@ -1,8 +1,9 @@
 """ONNX export with a live fidelity weight (models/onnx_export.py, docs/onnx.md).
 
 The restoration model with the golden synthetic weights is exported once per session through the
-command line (``codeformer weights export``) and run with ONNX Runtime on CPU against the PyTorch
-model for w = 0, 0.5 and 1 in one batch (so the dynamic batch is exercised too).
+command line (``codeformer weights export``), in float32 and with ``--fp16``, and run with ONNX
+Runtime on CPU against the PyTorch model for w = 0, 0.5 and 1 in one batch (so the dynamic batch
+is exercised too). The colorization and inpainting variants are exported and checked at two w.
 """
 from __future__ import annotations
 
@@ -20,30 +21,50 @@ from codeformer_core.models.onnx_export import EXPORT_OPTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 WS = (0.0, 0.5, 1.0)
+# fp16 decoder against float32: emulated on the golden input, 4.0e-3 max and 6.3e-4 mean (docs/precision.md)
+FP16_MAX_ERR, FP16_MEAN_ERR = 2e-2, 2e-3
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory, golden):
+def export(tmp_path_factory, g, *flags):
+    """``codeformer weights export`` of golden weights ``g``: (checkpoint, .onnx file)."""
     pytest.importorskip("onnxruntime")
-    g = golden("restoration")
     tmp = tmp_path_factory.mktemp("onnx")
     src = tmp / "codeformer.pth"
     torch.save({"params_ema": g.state_dict()}, src)
     dest = tmp / "codeformer.onnx"
-    assert cli_main(["weights", "export", str(src), "--onnx", str(dest)]) == 0
-    return g, src, dest
+    assert cli_main(["weights", "export", str(src), "--onnx", str(dest), *flags]) == 0
+    assert sorted(p.name for p in tmp.iterdir()) == sorted([src.name, dest.name])  # no temporary file left
+    return src, dest
+
+
+def run_onnx(dest, x, w):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
+    assert [i.name for i in sess.get_inputs()] == ["input", "w"]
+    assert [i.type for i in sess.get_inputs()] == ["tensor(float)"] * 2
+    return sess.run(None, {"input": x.numpy(), "w": w.numpy()})
+
+
+def faces(g, n):
+    """``n`` different faces from the golden input (flipped and rolled copies)."""
+    x = torch.from_numpy(np.concatenate([g.x] * n))
+    for i in range(1, n):
+        x[i] = x[i].flip(-1).roll(37 * i, -2)
+    return x
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, golden):
+    g = golden("restoration")
+    return (g, *export(tmp_path_factory, g))
 
 
 @pytest.fixture(scope="module")
 def onnx_vs_torch(exported):
-    import onnxruntime as ort
     g, src, dest = exported
-    x = torch.from_numpy(np.concatenate([g.x] * len(WS)))
-    x[1:] = x[1:].flip(-1)  # different faces per sample
+    x = faces(g, len(WS))
     w = torch.tensor(WS, dtype=torch.float32)
-    sess = ort.InferenceSession(str(dest), providers=["CPUExecutionProvider"])
-    assert [i.name for i in sess.get_inputs()] == ["input", "w"]
-    out, codes = sess.run(None, {"input": x.numpy(), "w": w.numpy()})
+    out, codes = run_onnx(dest, x, w)
     with torch.inference_mode():
         plain = load_model(src, device="cpu", options=EXPORT_OPTIONS)
         ref, _, idx = plain(x, w=w, return_codes=True)
@@ -74,6 +95,54 @@ def test_w_changes_the_output(onnx_vs_torch):
     assert x0.shape == (3, 512, 512)
     # samples 1 and 2 are the same face at w = 0.5 and 1: w is live in the graph
     assert float(np.abs(out[1] - out[2]).max()) > 1e-2
+
+
+@pytest.fixture(scope="module")
+def exported_fp16(tmp_path_factory, exported):
+    g = exported[0]
+    return export(tmp_path_factory, g, "--fp16")[1]
+
+
+def test_fp16_export_keeps_the_codes_and_stays_close(exported_fp16, onnx_vs_torch):
+    ref_out, _, ref, idx = onnx_vs_torch[:4]
+    g = onnx_vs_torch[5]
+    out, codes = run_onnx(exported_fp16, faces(g, len(WS)), torch.tensor(WS))
+    assert out.dtype == np.float32 and out.shape == ref.shape
+    for i, w in enumerate(WS):
+        err = np.abs(out[i] - ref[i])
+        print(f"\nfp16 w={w}: max abs error {err.max():.2e}, mean {err.mean():.2e}, "
+              f"codes {int((codes[i] == idx[i]).sum())}/256")
+        assert np.array_equal(codes[i], idx[i]), f"fp16 w={w}: the encoder must stay float32 (codes differ)"
+        assert err.max() <= FP16_MAX_ERR and err.mean() <= FP16_MEAN_ERR, f"fp16 w={w}: error {err.max():.3g}"
+    assert np.abs(out - ref_out).max() > 0, "the fp16 file computes exactly as the float32 one"
+
+
+def test_fp16_export_halves_the_decoder_only(exported, exported_fp16):
+    import onnx
+    fp32, fp16 = (onnx.load(str(p)) for p in (exported[2], exported_fp16))
+    kinds = {t.name: t.data_type for t in fp16.graph.initializer}
+    dec = [n for n in kinds if n.startswith(("model.generator.", "model.fuse_convs_dict.")) and n.endswith(".weight")
+           and len([d for d in fp16.graph.initializer if d.name == n][0].dims) == 4]
+    enc = [n for n in kinds if n.startswith(("model.encoder.", "model.ft_layers.", "model.quantize."))]
+    assert len(dec) > 40 and len(enc) > 40
+    assert all(kinds[n] == onnx.TensorProto.FLOAT16 for n in dec)
+    assert all(kinds[n] == onnx.TensorProto.FLOAT for n in enc)
+    convs = [n for n in fp16.graph.node if n.op_type == "Conv"]
+    assert len(convs) == len([n for n in fp32.graph.node if n.op_type == "Conv"])
+    assert exported_fp16.stat().st_size < 0.85 * exported[2].stat().st_size
+
+
+@pytest.mark.parametrize("variant", ["colorization", "inpainting"])
+def test_other_variants_export(tmp_path_factory, golden, variant):
+    g = golden(variant)
+    src, dest = export(tmp_path_factory, g)
+    x, w = faces(g, 2), torch.tensor([0.0, 1.0])
+    out, codes = run_onnx(dest, x, w)
+    with torch.inference_mode():
+        ref, _, idx = load_model(src, device="cpu", options=EXPORT_OPTIONS)(x, w=w, return_codes=True)
+    assert np.array_equal(codes, idx.numpy())
+    assert np.array_equal(codes[:1], g.arrays["idx"])
+    assert float(np.abs(out - ref.numpy()).max()) <= 1e-3
 
 
 def test_export_refuses_a_wrong_output_name(tmp_path, capsys):

@@ -73,7 +73,8 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--crf", type=int, default=None, help="video quality (x264 default 18, VP9 32; lower = better)")
     g.add_argument("--video-codec", default=None, help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
     g = p.add_argument_group("performance and models")
-    g.add_argument("--batch-size", type=int, default=4, help="faces per network batch (default 4)")
+    g.add_argument("--batch-size", type=int, default=None,
+                   help="faces per network batch (default: 1 on CPU, where it is fastest; 8 on a GPU)")
     g.add_argument("--frames-per-chunk", type=int, default=8,
                    help="video frames decoded and restored together (faces batched across them; default 8, "
                         "fewer when --max-memory asks for it)")
@@ -83,8 +84,9 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                         "made in; free memory is never looked at")
     g.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:1, mps")
     g.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                   help="network precision (auto: fp16 on CUDA, fp32 elsewhere; CodeFormer in fp16/bf16 keeps "
-                        "its encoder in fp32, so the codes are kept: docs/precision.md)")
+                   help="network precision (auto: fp16 on CUDA; on CPU bf16 for CodeFormer where the CPU runs bf16 "
+                        "natively, else fp32; CodeFormer in fp16/bf16 keeps its encoder in fp32, so the codes "
+                        "are kept: docs/precision.md)")
     g.add_argument("--model", metavar="PATH", help="CodeFormer checkpoint to use instead of the registry file "
                    "(.pth or .safetensors)")
     if task == "restore":
@@ -172,6 +174,9 @@ def _weights_parser(sub) -> None:
                         "w [B], dynamic batch; needs the onnx extra to run; docs/onnx.md)")
     p.add_argument("path", metavar="PATH")
     p.add_argument("--onnx", required=True, metavar="OUT", help="the .onnx file to write")
+    p.add_argument("--fp16", action="store_true",
+                   help="decoder convolutions in fp16, encoder and transformer float32 (the codes of float32; "
+                        "docs/precision.md); inputs and outputs stay float32; needs the onnx package")
     p.set_defaults(func=weights_cmd.cmd_export)
     w.set_defaults(func=lambda a: _usage(w))
 

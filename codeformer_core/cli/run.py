@@ -139,8 +139,8 @@ def load(ctx: Context) -> None:
         raise UserError(f"--device {a.device}: {first_line(e)}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {a.device}: CUDA is not available in this PyTorch build")
-    try:
-        dtype = loader.resolve_dtype(a.dtype, device)
+    try:  # CodeFormer's "auto" is bf16 on a CPU with native bf16 (codes kept); other networks keep resolve_dtype
+        dtype = (loader.resolve_dtype if a.face_model else loader.codeformer_dtype)(a.dtype, device)
     except ValueError as e:
         raise UserError(str(e)) from None
     paths = weight_paths(a, ctx.task, out)
@@ -205,7 +205,8 @@ def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detec
         parser=ctx.parser, background_upscaler=ctx.bg, face_upscaler=ctx.face_up,
         inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother, detections=detections,
         color_match=a.color_match, frames_per_chunk=frames_per_chunk(ctx, *pipeline.image_batch(frames).shape[1:3]),
-        batch_size=max(1, a.batch_size), progress=progress, memory_budget=a.max_memory, sink=sink,
+        batch_size=None if a.batch_size is None else max(1, a.batch_size), progress=progress,
+        memory_budget=a.max_memory, sink=sink,
         **ctx.detect_kwargs())
     boxes = ctx.detector.take() if isinstance(ctx.detector, BoxRecorder) else None
     if detections is not None and a.draw_box:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from ..errors import CheckpointError, CodeFormerError, first_line
+from ..errors import CheckpointError, CodeFormerError, MissingDependencyError, first_line
 from .console import EXIT_ERROR, EXIT_OK, Out, UserError
 
 
@@ -177,6 +177,10 @@ def cmd_export(args) -> int:
         raise UserError(f"{dest}: the output must be a .onnx file")
     if dest.resolve() == src.resolve():
         raise UserError("the output would overwrite the input")
-    result = export_onnx(src, dest)
-    print(f"{src} -> {result} ({_human(result.stat().st_size)}; inputs input [B,3,512,512], w [B])")
+    try:
+        result = export_onnx(src, dest, fp16=args.fp16)
+    except MissingDependencyError as e:
+        raise UserError(str(e)) from None
+    precision = "decoder fp16, encoder float32" if args.fp16 else "float32"
+    print(f"{src} -> {result} ({_human(result.stat().st_size)}, {precision}; inputs input [B,3,512,512], w [B])")
     return EXIT_OK

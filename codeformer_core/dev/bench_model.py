@@ -4,7 +4,7 @@ Prints how long ``load_model`` takes for a full-size ``codeformer.pth`` (the off
 ``{'params_ema': state_dict}``) and for the same tensors as ``.safetensors``, then faces/s and
 peak memory for batches 1, 4 and 8 with the default ``CodeFormerOptions``, and for a naive
 baseline instance (one face at a time, float32, contiguous layout, explicit softmax attention,
-upsample-then-conv, no float64 encoder tail) measured in the same run, plus the largest output
+upsample-then-conv) measured in the same run, plus the largest output
 difference between the two; ``--onnx FILE`` adds ONNX Runtime on CPU for an exported file. Weights are the synthetic golden formula: speed does not depend on
 the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
 measures with the one the ``codeformer`` command sets at its start instead.
@@ -24,7 +24,7 @@ from ..models.codeformer import CodeFormerOptions, expected_shapes
 from ..models.loader import load_model, resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
 
-NAIVE = CodeFormerOptions(use_sdpa=False, fold_upsample=False, precise_encoder_tail=False)
+NAIVE = CodeFormerOptions(use_sdpa=False, fold_upsample=False)
 
 
 def peak_reset(device: torch.device) -> None:

@@ -3,7 +3,7 @@ and controllable feature transformation, written from the published architecture
 
 State-dict names and shapes match the official checkpoints exactly, so ``load_state_dict``
 is strict. The three published variants differ only in data (``VARIANTS``); how an instance
-computes (fused attention, folded upsampling, float64 encoder tail) is its ``CodeFormerOptions``.
+computes (fused attention, folded upsampling) is its ``CodeFormerOptions``.
 Block-by-block layout and the numeric conventions: docs/models.md.
 """
 from __future__ import annotations
@@ -38,10 +38,9 @@ class VariantConfig:
 class CodeFormerOptions:
     """How one instance computes. Every combination gives the same result up to float rounding
     (all pass the golden rule); the defaults are the fast and precise ones. The benchmark's naive
-    baseline is an instance built with all three off."""
+    baseline is an instance built with both off."""
     use_sdpa: bool = True              # fused scaled_dot_product_attention, else explicit softmax(q k^T) v
     fold_upsample: bool = True         # nearest-2x + 3x3 conv as four 2x2 convs (see Upsample)
-    precise_encoder_tail: bool = True  # CPU float32: low-resolution encoder tail in float64 (see encode)
 
 
 VARIANTS: Dict[str, VariantConfig] = {
@@ -67,7 +66,6 @@ TRANSFORMER_LAYERS = 9
 # and index of the generator block after which the fusion is applied.
 ENCODER_TAPS = {256: 5, 128: 8, 64: 11, 32: 14}
 GENERATOR_FUSION_AFTER = {32: 9, 64: 12, 128: 15, 256: 18}
-PRECISE_ENCODER_FROM = 9  # first encoder block at 64x64 and below (float64 on CPU, see encode)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -264,14 +262,6 @@ class _Stack(nn.Module):
             x = _norm_float32(block, x) if isinstance(block, nn.GroupNorm) else block(x)
         return x
 
-    def run_float64(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
-        """The same blocks in float64, with float64 copies of their weights (module untouched)."""
-        x = x.double().contiguous()
-        for block in self.blocks[start:stop]:
-            params = {k: v.double() for k, v in block.named_parameters()}
-            x = torch.func.functional_call(block, params, (x,))
-        return x
-
 
 class FuseBlock(nn.Module):
     """Controllable feature transformation: dec + w * (dec * scale + shift)."""
@@ -416,26 +406,16 @@ class CodeFormer(nn.Module):
         return w_t, bool((w_t > 0).any())
 
     def encode(self, x: Tensor, keep_taps: bool) -> Tuple[Tensor, Dict[int, Tensor]]:
-        """Encoder output (float32) and the taps the fusion blocks need.
-
-        On CPU float32 the low-resolution tail (blocks from ``PRECISE_ENCODER_FROM``, at most
-        64x64, ~3 % of the FLOPs) runs in float64: its rounding error is what the transformer
-        amplifies into the code logits, and halving it doubles the margin to the golden rule.
-        """
+        """Encoder output (float32) and the taps the fusion blocks need."""
         tap_at = {ENCODER_TAPS[r]: r for r in self.config.fusion_resolutions} if keep_taps else {}
         dtypes = self.encoder_dtypes
-        precise = (self.options.precise_encoder_tail and x.device.type == "cpu"
-                   and all(d == torch.float32 for d in dtypes[PRECISE_ENCODER_FROM:]))
         changes = {i for i in range(1, len(dtypes)) if dtypes[i] != dtypes[i - 1]}  # mixed-precision bounds
-        bounds = sorted({i + 1 for i in tap_at} | changes | ({PRECISE_ENCODER_FROM} if precise else set()))
+        bounds = sorted({i + 1 for i in tap_at} | changes)
         taps: Dict[int, Tensor] = {}
         h = x.contiguous(memory_format=self.memory_format)
         start = 0
         for stop in bounds + [len(self.encoder.blocks)]:
-            if precise and start >= PRECISE_ENCODER_FROM:
-                h = self.encoder.run_float64(h, start, stop)
-            else:
-                h = self.encoder.run(h.to(dtypes[start]), start, stop)
+            h = self.encoder.run(h.to(dtypes[start]), start, stop)
             if stop - 1 in tap_at:
                 taps[tap_at[stop - 1]] = h.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
             start = stop
