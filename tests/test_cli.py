@@ -75,8 +75,8 @@ def test_usage_errors_are_one_line(capsys, tmp_path, models_dir):
 def aligned_run(models_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("aligned")
     src = write_rgb(d / "face.png", aligned_face(128))
-    rc, _, err = run_cli("restore", src, "--has-aligned", "-s", "2", "-w", "0.7", "--models", models_dir,
-                         *DETECTOR_ARGS)
+    not_quiet = [a for a in DETECTOR_ARGS if a != "-q"]  # keep the info lines (the precision chosen)
+    rc, _, err = run_cli("restore", src, "--has-aligned", "-s", "2", "-w", "0.7", "--models", models_dir, *not_quiet)
     return rc, src, d / "face_restored.png", err
 
 
