@@ -255,9 +255,11 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
 
 
 def parse_masks_for(parser, crops: Tensor) -> Tensor:
-    """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...)."""
+    """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...), in
+    network batches of ``default_network_batch`` (ParseNet keeps 64 channels at 512 px)."""
     from .models.parsenet import parse_faces
-    return parse_labels_to_masks(parse_faces(parser, crops))
+    chunk = default_network_batch(next(parser.parameters()).device)
+    return parse_labels_to_masks(parse_faces(parser, crops, chunk_size=chunk))
 
 
 # -- all in one ---------------------------------------------------------------------------------

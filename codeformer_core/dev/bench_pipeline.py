@@ -44,7 +44,7 @@ from ..models.loader import load_model, resolve_device
 from ..models.parsenet import load_parsenet, parse_faces
 from ..models.registry import load_network
 from ..models.retinaface import load_retinaface
-from ..pipeline import default_network_batch, restore_images, run_network
+from ..pipeline import default_network_batch, parse_masks_for, restore_images, run_network
 from .bench_model import NAIVE, peak_mib, peak_reset, sync
 from .bench_paste import cv2_align_face, cv2_paste_face
 from .synthetic import synth_state_dict
@@ -109,7 +109,7 @@ def run_ours(nets: Dict, frame: torch.Tensor, faces: int, w: float) -> Dict[str,
     with t("restore"):
         restored = run_network(nets["model"], batch.crops, w=w)  # the default network batch
     with t("parse"):
-        masks = parse_labels_to_masks(parse_faces(nets["parser"], restored))
+        masks = parse_masks_for(nets["parser"], restored)
     with t("paste"):
         for _ in paste_bands(frame, batch.with_crops(restored), parse_masks=masks):
             pass

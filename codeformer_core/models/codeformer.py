@@ -75,12 +75,17 @@ def _group_norm(channels: int) -> nn.GroupNorm:
 def _norm_float32(norm: nn.Module, x: Tensor) -> Tensor:
     """Normalise with accurate float32 statistics, in the caller's layout and dtype.
 
-    Half-precision statistics drift, and PyTorch's channels-last GroupNorm kernel on CPU is
-    ~30x less accurate than the contiguous one (outside the golden tolerance), so channels-last
-    float32 input goes through ``_group_norm_channels_last`` and half input through a float32 copy.
+    PyTorch's channels-last GroupNorm kernel on CPU is ~30x less accurate than the contiguous one
+    (outside the golden tolerance), so channels-last float32 input goes through
+    ``_group_norm_channels_last``. Contiguous bf16 on CPU goes straight to PyTorch's kernel, which
+    accumulates in float32 (measured: the same error against float32 as a float32 copy, 8 % faster
+    per bf16 forward); other half-precision input is normalised from a float32 copy.
     """
     channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
     if x.dtype in (torch.float32, torch.float64) and not channels_last:
+        return norm(x)
+    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not channels_last
+            and isinstance(norm, nn.GroupNorm)):
         return norm(x)
     if isinstance(norm, nn.GroupNorm):
         if x.dtype == torch.float32:
