@@ -89,6 +89,22 @@ def test_auto_precision_on_cpu_is_bf16_only_where_native(aligned_run):
     assert loading.endswith("(bfloat16)" if native else "(float32)"), loading
 
 
+def test_threads_option_sets_the_command_threads(models_dir, tmp_path):
+    src = write_rgb(tmp_path / "face.png", aligned_face(64))
+    rc, _, err = run_cli("restore", src, "--threads", "0", "--models", models_dir, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR and "--threads 0" in err
+    rc, _, err = run_cli("restore", src, "--threads", "2", "--ray", "--models", models_dir, *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR and "--cpus-per-worker" in err
+    before = torch.get_num_threads()
+    try:
+        rc, _, err = run_cli("restore", src, "--has-aligned", "--threads", str(before + 1), "--models", models_dir,
+                             *DETECTOR_ARGS)
+        assert rc == 0, err
+        assert torch.get_num_threads() == before + 1
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_aligned_face_restored(aligned_run):
     rc, src, dest, _ = aligned_run
     assert rc == 0 and dest.is_file()

@@ -96,6 +96,9 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                             "-w applies to CodeFormer only. Needs spandrel")
     _models_option(g)
     g.add_argument("--no-download", action="store_true", help="never download; fail if a weight file is missing")
+    g.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="PyTorch CPU threads (default: one per core). On a machine other programs keep busy, one "
+                        "more than the cores keeps a busy core from holding every step back (docs/models.md)")
     g.add_argument("-q", "--quiet", action="store_true", help="no progress bars or info messages")
     g.add_argument("--debug", action="store_true", help="show tracebacks")
     _cluster_options(p.add_argument_group("cluster (pip install comfyui-codeformer[cluster]; see docs/cluster.md)"))
@@ -123,6 +126,8 @@ def _cluster_options(g) -> None:
 
 def _run_task(a, task: str) -> int:
     if a.ray or a.ray_address:
+        if a.threads is not None:
+            raise UserError("--threads is for a local run; with --ray each actor's threads are --cpus-per-worker")
         from .cluster import run_cluster  # the only import of the Ray path
         return run_cluster(a, task)
     ray_only = [o for o, v in (("several inputs", a.more_inputs), ("--recursive", a.recursive),

@@ -464,6 +464,8 @@ def check_settings(args, task: str) -> None:
         raise UserError("--face-upsample uses the background upsampler: give --bg-upsampler too")
     if task != "inpaint" and getattr(args, "mask", None):
         raise UserError("--mask is for 'codeformer inpaint'")
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads {args.threads}: give 1 or more")
     if args.fps is not None and not args.fps > 0:
         raise UserError("--fps must be > 0")
     if args.upscale is not None and not 0 < args.upscale <= 16:
@@ -482,6 +484,9 @@ def run_task(args, task: str) -> int:
     """restore / colorize / inpaint: plan, load once, process each input, summarise."""
     out = Out(args.quiet)
     check_settings(args, task)
+    if args.threads is not None:  # the command owns its process (like cli/memory.py), the library never sets this
+        import torch
+        torch.set_num_threads(args.threads)
     items, is_folder = plan(args, task)
     stats = Stats()
     todo = []

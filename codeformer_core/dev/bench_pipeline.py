@@ -196,11 +196,11 @@ def case_rows(nets: Dict, size: int, faces: int, device: torch.device, w: float,
     total = sum(ours[s] for s in STAGES)
     rows = [f"--- {size}x{size}, {n} face(s)   [{load_avg()}]",
             f"{'':10s}" + "".join(f"{s:>9s}" for s in STAGES) + f"{'sum':>9s}{'e2e':>9s}{'peak MiB':>10s}",
-            "ours      " + "".join(f"{ours[s]:9.2f}" for s in STAGES) + f"{total:9.2f}{e2e:9.2f}{mem:10.0f}"]
+            "ours      " + "".join(f"{ours[s]:9.3f}" for s in STAGES) + f"{total:9.2f}{e2e:9.2f}{mem:10.0f}"]
     if classic:
         cl = best_of(cl_runs)
         ctotal = sum(cl.get(s, 0.0) for s in STAGES)
-        rows.append("classic   " + "".join(f"{cl.get(s, 0.0):9.2f}" for s in STAGES) + f"{ctotal:9.2f}{'':9s}{cmem:10.0f}")
+        rows.append("classic   " + "".join(f"{cl.get(s, 0.0):9.3f}" for s in STAGES) + f"{ctotal:9.2f}{'':9s}{cmem:10.0f}")
         rows.append("ours/cls  " + "".join(f"{ours[s] / max(cl.get(s, 0.0), 1e-9):9.2f}" for s in STAGES)
                     + f"{total / ctotal:9.2f}")
     rows.append(f"forward alone {fwd:.2f} s ({fwd / max(n, 1):.2f} s/face); pipeline e2e per face {e2e / max(n, 1):.2f} s "
@@ -239,7 +239,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     ap.add_argument("--busy", action="store_true", help="then rerun the first case with one core kept busy")
     ap.add_argument("--no-classic", action="store_true")
     ap.add_argument("--repeats", type=int, default=1, help="interleaved runs per case, best of (shared machines)")
+    ap.add_argument("--threads", type=int, default=None, help="PyTorch CPU threads (the command line's --threads)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     cases = [tuple(int(v) for v in c.split("x")) for c in args.cases.split(",")]
     classic = not args.no_classic
