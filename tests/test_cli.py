@@ -48,6 +48,23 @@ def test_module_help_subprocess():
         assert word in r.stdout
 
 
+HELP_IMPORTS = """
+import sys
+from codeformer_core.cli import main
+for argv in (["--help"], ["restore", "--help"], ["weights", "export", "--help"]):
+    assert main(argv) == 0
+print(sorted(m for m in ("torch", "cv2", "numpy") if m in sys.modules))
+"""
+
+
+def test_help_does_not_import_torch():
+    """--help answers at once: neither torch nor OpenCV is imported to print it."""
+    r = subprocess.run([sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True,
+                       cwd=Path(__file__).parent.parent, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "torch" not in r.stdout.splitlines()[-1] and "cv2" not in r.stdout.splitlines()[-1], r.stdout[-300:]
+
+
 def test_restore_help_lists_options(capsys):
     rc, out, _ = run(capsys, "restore", "--help")
     assert rc == 0

@@ -14,7 +14,7 @@ TASK_HELP = {"restore": "restore faces (fidelity -w)", "colorize": "colorize gra
 
 
 def _task_options(p: argparse.ArgumentParser, task: str) -> None:
-    from ..models.loader import DTYPE_CHOICES
+    from ..models import DTYPE_CHOICES
     suffix = TASKS[task].suffix
     p.add_argument("input", help="an image, a video (.mp4 .mov .avi .mkv .webm) or a folder of them")
     p.add_argument("more_inputs", nargs="*", metavar="INPUT", help="more inputs (with --ray)")

@@ -16,8 +16,6 @@ from .registry import load_network
 
 DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16,
           "float16": torch.float16, "half": torch.float16, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
-# The precision choices front ends offer (the node's dtype combo, the CLI's --dtype); aliases above also work.
-DTYPE_CHOICES = ("auto", "fp32", "fp16", "bf16")
 
 
 def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
