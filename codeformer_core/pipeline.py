@@ -295,9 +295,10 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     over the clip); the detector is then not run.
     ``memory_budget`` (bytes; ``chunks.DEFAULT_MEMORY_BUDGET`` when None) is the working memory
     of the call besides the networks' weights: it sizes the frame chunks (``frames_per_chunk``
-    None), caps the network batch (``batch_size`` is the most; None: ``default_network_batch``), sets the height of the bands
-    the output is pasted in and how many faces' layers are made at once (``faces.paste.paste_bands``). Free memory is never looked at: on a
-    shared machine it is someone else's.
+    None), caps the network batch (``batch_size`` is the most; None: ``default_network_batch``),
+    sets the height of the bands the output is pasted in and how many faces' layers are made at
+    once (``faces.paste.paste_bands``). Free memory is never looked at: on a shared machine it is
+    someone else's.
     ``sink(first_frame, first_row, images [n,r,Ws,3], mask [n,r,Ws])`` (CPU float32) takes the
     output band by band instead of it being collected, so a caller that writes files never holds
     the whole float output; ``images`` and ``mask`` of the result are then None. A band may come

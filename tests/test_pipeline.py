@@ -91,6 +91,19 @@ def test_out_of_memory_halves_the_batch(faces):
     assert torch.allclose(out, crops, atol=1e-6)
 
 
+def test_default_network_batch_is_one_face_on_cpu(faces):
+    from codeformer_core.pipeline import default_network_batch
+    assert default_network_batch("cpu") == 1 and default_network_batch(torch.device("cuda", 0)) == 8
+    net = IdentityNet()
+    crops = torch.cat([faces.crops, faces.crops.flip(-1), faces.crops * 0.5])
+    out = run_network(net, crops)                       # no batch size: the device's default
+    assert net.calls == [1, 1, 1]
+    assert torch.allclose(out, crops, atol=1e-6)
+    net = IdentityNet()
+    run_network(net, crops, batch_size=2)               # an explicit batch is kept on CPU too
+    assert net.calls == [2, 1]
+
+
 def test_no_face_frames_pass_through(astronaut, detector):
     images = torch.cat([astronaut, astronaut.flip(-1)]).permute(0, 2, 3, 1)
     result = restore_images(images, IdentityNet(), detector, conf_threshold=0.9999)

@@ -6,9 +6,10 @@
 Stages (ours): start-up (a fresh interpreter importing the pipeline), load (CodeFormer, RetinaFace
 ResNet-50, ParseNet from synthetic weights), then per case detect, align, restore, parse, paste
 (``paste_bands`` with the parse masks), their sum, and ``restore_images`` called end to end. The
-forward alone (the same crops through the model in the default network batches) is the yardstick for "pipeline per face";
-the line under each case also gives the stage sum without the parse mask (ParseNet is a second
-512 px network, about 0.6 of a CodeFormer forward, run by the original's default paste-back too).
+forward alone (the same crops through the model in the default network batches) is the yardstick
+for "pipeline per face"; the line under each case also gives the stage sum without the parse mask
+(ParseNet is a second 512 px network, about half a CodeFormer forward, run by the original's
+default paste-back too).
 
 Classic flow (the original's order of work, written here): detect the frame with the reference
 networks (BatchNorm not folded, naive CodeFormer options), then for each face: OpenCV align ->
@@ -200,7 +201,8 @@ def case_rows(nets: Dict, size: int, faces: int, device: torch.device, w: float,
     if classic:
         cl = best_of(cl_runs)
         ctotal = sum(cl.get(s, 0.0) for s in STAGES)
-        rows.append("classic   " + "".join(f"{cl.get(s, 0.0):9.3f}" for s in STAGES) + f"{ctotal:9.2f}{'':9s}{cmem:10.0f}")
+        rows.append("classic   " + "".join(f"{cl.get(s, 0.0):9.3f}" for s in STAGES)
+                    + f"{ctotal:9.2f}{'':9s}{cmem:10.0f}")
         rows.append("ours/cls  " + "".join(f"{ours[s] / max(cl.get(s, 0.0), 1e-9):9.2f}" for s in STAGES)
                     + f"{total / ctotal:9.2f}")
     rows.append(f"forward alone {fwd:.2f} s ({fwd / max(n, 1):.2f} s/face); pipeline e2e per face {e2e / max(n, 1):.2f} s "

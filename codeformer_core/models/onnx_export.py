@@ -24,9 +24,9 @@ from typing import Collection, Union
 import torch
 from torch import nn
 
+from ..errors import MissingDependencyError
 from .checkpoint import Source
 from .codeformer import IMAGE_SIZE, CodeFormerOptions
-from ..errors import MissingDependencyError
 from .loader import load_model
 from .precision import reduced_convs
 
@@ -117,16 +117,19 @@ def convs_to_fp16(proto, weight_names: Collection[str]) -> int:
             continue
         for name in node.input[1:]:
             if name and name not in halved:
-                inits[name].CopyFrom(numpy_helper.from_array(numpy_helper.to_array(inits[name]).astype(np.float16), name))
+                half = numpy_helper.to_array(inits[name]).astype(np.float16)
+                inits[name].CopyFrom(numpy_helper.from_array(half, name))
                 halved.add(name)
         x = node.input[0]
         if x not in half_of:
             half_of[x] = f"{x}/fp16"
-            nodes.append(helper.make_node("Cast", [x], [half_of[x]], name=f"{node.name}/cast_in", to=TensorProto.FLOAT16))
+            nodes.append(helper.make_node("Cast", [x], [half_of[x]], name=f"{node.name}/cast_in",
+                                          to=TensorProto.FLOAT16))
         node.input[0] = half_of[x]
         y = node.output[0]
         node.output[0] = half_of[y] = f"{y}/fp16"
-        nodes.extend([node, helper.make_node("Cast", [half_of[y]], [y], name=f"{node.name}/cast_out", to=TensorProto.FLOAT)])
+        nodes.extend([node, helper.make_node("Cast", [half_of[y]], [y], name=f"{node.name}/cast_out",
+                                             to=TensorProto.FLOAT)])
         count += 1
     used = {name for node in nodes for name in node.input} | {o.name for o in graph.output}
     del graph.node[:]
