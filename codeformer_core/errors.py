@@ -44,6 +44,11 @@ class InputError(CodeFormerError, ValueError):
     """An image, mask or video the pipeline cannot use (shape, values, unreadable file)."""
 
 
+class SettingsError(CodeFormerError, ValueError):
+    """Settings or networks that do not fit together (no face detector for frames that are not
+    aligned faces, an unknown face selection ...)."""
+
+
 class ImageReadError(InputError):
     """An image or mask file that cannot be read."""
 

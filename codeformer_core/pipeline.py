@@ -9,6 +9,7 @@ sizes the network batches).
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Callable, Iterable, List, Optional, Union
 
 import numpy as np
@@ -16,10 +17,10 @@ import torch
 import torch.nn.functional as F
 
 from .chunks import DEFAULT_MEMORY_BUDGET, chunk_size_for, run_in_chunks
-from .errors import WrongVariantError
+from .errors import InputError, SettingsError, WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
-from .faces.detect import Detections, FaceDetector
+from .faces.detect import DetectOptions, Detections, FaceDetector
 from .faces.paste import PIXEL_SCALES, parse_labels_to_masks, paste_bands, to_luminance
 from .faces.tracks import LandmarkSmoother, smooth_detections
 from .tasks import BY_VARIANT, TASKS
@@ -47,9 +48,9 @@ def image_batch(images: Union[Tensor, np.ndarray]) -> Tensor:
     elif t.dim() == 3:
         t = t[None] if t.shape[-1] in (1, 2, 3, 4) else t[..., None]
     if t.dim() != 4:
-        raise ValueError(f"expected images [B,H,W,C], got shape {tuple(t.shape)}")
+        raise InputError(f"expected images [B,H,W,C], got shape {tuple(t.shape)}")
     if t.shape[-1] not in (1, 2, 3, 4):
-        raise ValueError(f"expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {t.shape[-1]}")
+        raise InputError(f"expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got {t.shape[-1]}")
     return t
 
 
@@ -68,7 +69,7 @@ def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
     t = image_batch(images)
     scale = PIXEL_SCALES.get(t.dtype)
     if scale is None and t.numel() and not torch.isfinite(t).all():
-        raise ValueError("image contains NaN or infinite values; fix the node that produced it "
+        raise InputError("image contains NaN or infinite values; fix the node that produced it "
                          "(for example a VAE decode in the wrong precision)")
     # One float32 copy in the [B,3,H,W] layout, then scaled and clamped in place (a large photo
     # is 12 bytes a pixel; no second or third copy on the way).
@@ -198,9 +199,11 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
     return out
 
 
-def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor] = 0.5, **run_kwargs) -> FaceBatch:
-    """CodeFormer restoration of every crop; ``w`` 0 = strongest restoration, 1 = most faithful."""
+def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor, None] = None, **run_kwargs) -> FaceBatch:
+    """CodeFormer restoration of every crop; ``w`` 0 = strongest restoration, 1 = most faithful
+    (None: the task's default, ``tasks.TASKS["restore"].default_w``)."""
     check_variant(model, "restore")
+    w = TASKS["restore"].default_w if w is None else w
     return faces.with_crops(run_network(model, faces.crops, w=w, **run_kwargs), variant="restoration", w=w)
 
 
@@ -212,7 +215,8 @@ def gray_model_input(crops: Tensor) -> Tensor:
 def colorize_faces(model, faces: FaceBatch, **run_kwargs) -> FaceBatch:
     """Colorize gray (or faded) faces; the result is colour, so paste-back keeps it colour."""
     check_variant(model, "colorize")
-    out = run_network(model, gray_model_input(faces.crops), w=0.0, adain=True, **run_kwargs)
+    task = TASKS["colorize"]
+    out = run_network(model, gray_model_input(faces.crops), w=task.default_w, adain=task.adain, **run_kwargs)
     result = faces.with_crops(out, variant="colorization")
     return replace(result, gray=torch.zeros_like(faces.gray) if faces.gray is not None else None)
 
@@ -227,7 +231,8 @@ def inpaint_faces(model, faces: FaceBatch, frame_masks: Optional[Tensor] = None,
     check_variant(model, "inpaint")
     hole = crop_hole_masks(faces, frame_masks, threshold)
     x = torch.where(hole, torch.ones_like(faces.crops), faces.crops)
-    out = run_network(model, x, w=1.0, adain=False, **run_kwargs)
+    task = TASKS["inpaint"]
+    out = run_network(model, x, w=task.default_w, adain=task.adain, **run_kwargs)
     filled = torch.where(hole, out, faces.crops)
     return faces.with_crops(filled, variant="inpainting")
 
@@ -241,10 +246,10 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
         m = m[None]
     h, w = faces.frame_size
     if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
-        raise ValueError(f"mask has shape {tuple(m.shape)}, but the image is {h}x{w}; "
+        raise InputError(f"mask has shape {tuple(m.shape)}, but the image is {h}x{w}; "
                          f"give a mask of the image size (for example with a resize/upscale mask node)")
     if m.shape[0] not in (1, faces.num_frames):
-        raise ValueError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask or one per image")
+        raise InputError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask or one per image")
     if m.shape[0] == 1:
         m = m.expand(faces.num_frames, h, w)
     if len(faces) == 0:
@@ -263,6 +268,49 @@ def parse_masks_for(parser, crops: Tensor) -> Tensor:
 
 
 # -- all in one ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PasteSettings:
+    """How restored faces go back into the frames (``restore_images``).
+
+    ``upscale``: output scale of the whole frame; ``visibility``: opacity of the restored faces
+    (1 = fully replaced); ``color_match``: restored faces' colours matched to the input;
+    ``parser``: a ParseNet whose face mask shapes the blend (None: the feathered square);
+    ``background_upscaler``: enlarges the frames when ``upscale`` > 1 (None: resize);
+    ``face_upscaler`` (crops [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before
+    paste-back, like the original's ``--face_upsample``.
+    """
+    upscale: float = 1.0
+    visibility: float = 1.0
+    color_match: bool = False
+    parser: Optional[torch.nn.Module] = None
+    background_upscaler: Optional[Callable[[Tensor], Tensor]] = None
+    face_upscaler: Optional[Callable[[Tensor], Tensor]] = None
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How ``restore_images`` spends memory and reports: none of it changes the output.
+
+    ``memory_budget`` (bytes; ``chunks.DEFAULT_MEMORY_BUDGET`` when None) is the working memory
+    of the call besides the networks' weights: it sizes the frame chunks (``frames_per_chunk``
+    None), caps the network batch (``batch_size`` is the most; None: ``default_network_batch``),
+    sets the height of the bands the output is pasted in and how many faces' layers are made at
+    once (``faces.paste.paste_bands``). Free memory is never looked at: on a shared machine it is
+    someone else's. ``device``: where frames are worked on (None: the model's device).
+    ``progress(done_faces, total_faces)`` and ``check_interrupt()`` are called between batches.
+    """
+    batch_size: Optional[int] = None
+    frames_per_chunk: Optional[int] = None
+    memory_budget: Optional[int] = None
+    device: Optional[Union[str, torch.device]] = None
+    progress: Progress = None
+    check_interrupt: Interrupt = None
+
+    @property
+    def budget(self) -> int:
+        return DEFAULT_MEMORY_BUDGET if self.memory_budget is None else int(self.memory_budget)
+
+
 @dataclass
 class RestoreResult:
     images: Optional[Tensor]      # [B,Hs,Ws,3] float32 0..1 (CPU); None when a sink took the bands
@@ -274,31 +322,21 @@ class RestoreResult:
         return int(sum(self.face_counts))
 
 
-def restore_images(images, model, detector: Optional[FaceDetector] = None, w: float = 0.5, *,
-                   task: Optional[str] = None, upscale: float = 1.0, visibility: float = 1.0,
-                   color_match: bool = False, parser=None, background_upscaler=None,
-                   face_upscaler: Optional[Callable[[Tensor], Tensor]] = None,
-                   inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
-                   smoother: Optional[LandmarkSmoother] = None, detections: Optional[Detections] = None,
-                   frames_per_chunk: Optional[int] = None,
-                   batch_size: Optional[int] = None, progress: Progress = None, check_interrupt: Interrupt = None,
-                   device=None, memory_budget: Optional[int] = None, sink: Optional[Sink] = None,
-                   **detect_kwargs) -> RestoreResult:
+def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Optional[float] = None, *,
+                   task: Optional[str] = None, inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
+                   detections: Optional[Detections] = None, smoother: Optional[LandmarkSmoother] = None,
+                   detect: DetectOptions = DetectOptions(), paste: PasteSettings = PasteSettings(),
+                   run: RunOptions = RunOptions(), sink: Optional[Sink] = None) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
 
     ``images``: ComfyUI IMAGE [B,H,W,C] or any array ``to_frames`` accepts. Frames with no
-    face come back unchanged (upscaled if asked) with a count of 0. ``face_upscaler`` (crops
-    [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before paste-back, like the
-    original's ``--face_upsample``. ``detect_kwargs`` go to
-    ``FaceDetector.detect`` (conf_threshold, selection, max_faces, resolution, ...).
+    face come back unchanged (upscaled if asked) with a count of 0. ``w``: the fidelity weight
+    of restoration (None: the task's default, ``tasks.TASKS["restore"].default_w``).
+    ``detect``: how ``FaceDetector.detect`` finds faces (``faces.detect.DetectOptions``);
+    ``paste``: how they go back (``PasteSettings``); ``run``: memory, batches, progress
+    (``RunOptions``).
     ``detections``: the faces of all ``images`` found beforehand (``detect_clip``, e.g. smoothed
-    over the clip); the detector is then not run.
-    ``memory_budget`` (bytes; ``chunks.DEFAULT_MEMORY_BUDGET`` when None) is the working memory
-    of the call besides the networks' weights: it sizes the frame chunks (``frames_per_chunk``
-    None), caps the network batch (``batch_size`` is the most; None: ``default_network_batch``),
-    sets the height of the bands the output is pasted in and how many faces' layers are made at
-    once (``faces.paste.paste_bands``). Free memory is never looked at: on a shared machine it is
-    someone else's.
+    over the clip); the detector is then not run. ``has_aligned``: the images are aligned faces.
     ``sink(first_frame, first_row, images [n,r,Ws,3], mask [n,r,Ws])`` (CPU float32) takes the
     output band by band instead of it being collected, so a caller that writes files never holds
     the whole float output; ``images`` and ``mask`` of the result are then None. A band may come
@@ -308,77 +346,126 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
     task = task or model_task(model)
     check_variant(model, task)
     if detector is None and detections is None and not has_aligned:
-        raise ValueError("a face detector is needed unless the images are already aligned faces")
-    work_device = device or next(model.parameters()).device
+        raise SettingsError("a face detector is needed unless the images are already aligned faces "
+                            "(or their faces were detected beforehand)")
     batch = image_batch(images)  # as given; each chunk is converted to float frames on its own
     b, height, width = batch.shape[:3]
     if b == 0:
         return RestoreResult(torch.zeros(0, height, width, 3), torch.zeros(0, height, width), [])
-    out_h, out_w = int(height * upscale), int(width * upscale)
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else int(memory_budget)
-    if frames_per_chunk is None:
-        frames_per_chunk = auto_frames_per_chunk(height, width, work_device, upscale, budget=budget,
-                                                 output_whole=False)
-    if batch_size is None:
-        batch_size = default_network_batch(next(model.parameters()).device)
-    batch_size = min(int(batch_size), faces_per_batch(model, budget))
-    images_out = masks_out = None
-    if sink is None:  # collect: every band goes straight into the result, no per-chunk copies
-        images_out, masks_out = torch.empty(b, out_h, out_w, 3), torch.empty(b, out_h, out_w)
+    work_device = run.device or next(model.parameters()).device
+    budget = run.budget
+    collected = _Collector(b, int(height * paste.upscale), int(width * paste.upscale)) if sink is None else None
+    job = _ChunkJob(
+        batch=batch, model=model, task=task, w=TASKS["restore"].default_w if w is None else float(w),
+        detector=detector, detect=detect, detections=detections, smoother=smoother, has_aligned=has_aligned,
+        inpaint_masks=inpaint_masks, paste=paste, device=work_device, budget=budget,
+        batch_size=min(int(default_network_batch(next(model.parameters()).device) if run.batch_size is None
+                           else run.batch_size), faces_per_batch(model, budget)),
+        progress=run.progress, check_interrupt=run.check_interrupt, sink=sink or collected)
+    per_chunk = run.frames_per_chunk or auto_frames_per_chunk(height, width, work_device, paste.upscale,
+                                                              budget=budget, output_whole=False)
+    parts = run_in_chunks(b, per_chunk, job.chunk, device=work_device, describe=job.describe)
+    if collected is None:
+        return RestoreResult(None, None, [c for p in parts for c in p])
+    return RestoreResult(collected.images, collected.mask, [c for p in parts for c in p])
 
-        def sink(first: int, row0: int, rgb: Tensor, mask: Tensor) -> None:
-            images_out[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = rgb
-            masks_out[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = mask
-    done_faces = 0  # faces finished in earlier chunks: the progress offset
 
-    def chunk(start: int, stop: int):
-        nonlocal done_faces
-        part = batch[start:stop]
-        frames = to_frames(part, device=work_device)
-        faces = aligned_faces(frames) if has_aligned else \
-            detect_faces(frames, detector, smoother=smoother, **detect_kwargs,
-                         detections=None if detections is None else detections.take_frames(range(start, stop)))
-        if batch.dtype in PIXEL_SCALES and not has_aligned:
-            # Pasted from the pixels as read: the float copy is let go before the network runs.
-            frames = rgb_planes(part).to(work_device)
-        offset, n_faces = done_faces, len(faces)
-        run = dict(batch_size=batch_size, check_interrupt=check_interrupt, done_offset=offset,
-                   progress=None if progress is None else (lambda d, _t: progress(d, max(d, offset + n_faces))))
-        if task == "restore":
-            faces = restore_faces(model, faces, w=w, **run)
-        elif task == "colorize":
-            faces = colorize_faces(model, faces, **run)
-        else:
-            masks = None if inpaint_masks is None else _chunk_masks(inpaint_masks, start, stop)
-            faces = inpaint_faces(model, faces, masks, **run)
-        parse = parse_masks_for(parser, faces.crops) if parser is not None and n_faces else None
-        if has_aligned:
-            bands = [(0, *_resize_aligned(faces, upscale))]
-        else:
-            restored = face_upscaler(faces.crops) if face_upscaler is not None and n_faces else None
-            bands = paste_bands(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
-                                visibility=visibility, color_match=color_match,
-                                background_upscaler=background_upscaler,
-                                band_rows=band_rows_for(out_w, stop - start, budget), layer_bytes=budget // 4)
-        for row0, pasted, mask in bands:
-            sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())
-        done_faces += n_faces
+class _Collector:
+    """The sink ``restore_images`` uses when the caller gives none: every band straight into the
+    result, no per-chunk copies."""
+
+    def __init__(self, b: int, height: int, width: int):
+        self.images, self.mask = torch.empty(b, height, width, 3), torch.empty(b, height, width)
+
+    def __call__(self, first: int, row0: int, rgb: Tensor, mask: Tensor) -> None:
+        self.images[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = rgb
+        self.mask[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = mask
+
+
+@dataclass
+class _ChunkJob:
+    """One ``restore_images`` call, run chunk by chunk by ``run_in_chunks``. Everything is fixed
+    for the call except ``faces_done`` (faces of the chunks finished so far: the progress offset)."""
+    batch: Tensor
+    model: torch.nn.Module
+    task: str
+    w: float
+    detector: Optional[FaceDetector]
+    detect: DetectOptions
+    detections: Optional[Detections]
+    smoother: Optional[LandmarkSmoother]
+    has_aligned: bool
+    inpaint_masks: Optional[Tensor]
+    paste: PasteSettings
+    device: Union[str, torch.device]
+    budget: int
+    batch_size: int
+    progress: Progress
+    check_interrupt: Interrupt
+    sink: Sink
+    faces_done: int = 0
+
+    def chunk(self, start: int, stop: int) -> List[int]:
+        """Frames ``start:stop``: found, restored, pasted and handed to the sink; faces per frame."""
+        part = self.batch[start:stop]
+        frames = to_frames(part, device=self.device)
+        faces = aligned_faces(frames) if self.has_aligned else detect_faces(
+            frames, self.detector, smoother=self.smoother, **self.detect.kwargs(),
+            detections=None if self.detections is None else self.detections.take_frames(range(start, stop)))
+        # Pasted from the pixels as read: the float copy is let go before the network runs.
+        paste_frames = rgb_planes(part).to(self.device) if self.batch.dtype in PIXEL_SCALES and \
+            not self.has_aligned else frames
+        del frames
+        faces = self.run_network(faces, start, stop)
+        for row0, pasted, mask in self.paste_back(paste_frames, faces, stop - start):
+            self.sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())
+        self.faces_done += len(faces)
         return faces.counts_per_frame().tolist()
 
-    def describe(i: int) -> str:
+    def run_network(self, faces: FaceBatch, start: int, stop: int) -> FaceBatch:
+        progress = None if self.progress is None else \
+            partial(_offset_progress, self.progress, self.faces_done + len(faces))
+        run = dict(batch_size=self.batch_size, check_interrupt=self.check_interrupt, done_offset=self.faces_done,
+                   progress=progress)
+        if self.task == "restore":
+            return restore_faces(self.model, faces, w=self.w, **run)
+        if self.task == "colorize":
+            return colorize_faces(self.model, faces, **run)
+        masks = None if self.inpaint_masks is None else _chunk_masks(self.inpaint_masks, start, stop)
+        return inpaint_faces(self.model, faces, masks, **run)
+
+    def paste_back(self, frames: Tensor, faces: FaceBatch, n_frames: int) -> list:
+        paste, n_faces = self.paste, len(faces)
+        if self.has_aligned:
+            return [(0, *_resize_aligned(faces, paste.upscale))]
+        parse = parse_masks_for(paste.parser, faces.crops) if paste.parser is not None and n_faces else None
+        restored = paste.face_upscaler(faces.crops) if paste.face_upscaler is not None and n_faces else None
+        out_w = int(frames.shape[-1] * paste.upscale)
+        return paste_bands(frames, faces, restored=restored, upscale=paste.upscale, parse_masks=parse,
+                           visibility=paste.visibility, color_match=paste.color_match,
+                           background_upscaler=paste.background_upscaler,
+                           band_rows=band_rows_for(out_w, n_frames, self.budget), layer_bytes=self.budget // 4)
+
+    def describe(self, i: int) -> str:
+        """How an out-of-memory error names frame ``i``."""
+        b, height, width = self.batch.shape[:3]
+        out_h, out_w = int(height * self.paste.upscale), int(width * self.paste.upscale)
         what = "the image" if b == 1 else f"frame {i + 1} of {b}"
         size = f"{width}x{height} pixels" + (f", output {out_w}x{out_h}" if (out_h, out_w) != (height, width) else "")
         return f"{what} ({size})"
 
-    parts = run_in_chunks(b, frames_per_chunk, chunk, device=work_device, describe=describe)
-    return RestoreResult(images_out, masks_out, [c for p in parts for c in p])
+
+def _offset_progress(progress: Callable[[int, int], None], chunk_total: int, done: int, _total: int) -> None:
+    """A chunk's network progress as progress over the call (faces of earlier chunks counted)."""
+    progress(done, max(done, chunk_total))
 
 
 # Working-memory rules of thumb (bytes), for sizing chunks against the budget.
 FRAME_COPIES = 4            # float copies of an input frame a chunk holds: frame, detector input, crops' share
 OUTPUT_COPIES = 6           # float copies of the output frame when it is pasted whole (out, mask, resize work)
 BAND_COPIES = 8             # float copies of a band of output rows while it is made (background resize, blend)
-FORWARD_BYTES_PER_FACE = 640 * 2 ** 20  # CodeFormer forward, one 512x512 face, float32 (measured ~630 MB on CPU)
+FORWARD_BYTES_PER_FACE = 640 * 2 ** 20  # CodeFormer forward, one 512x512 face, float32 (measured ~630 MB on CPU);
+                                        # the nodes free this much per face before a batch too
 
 
 def auto_frames_per_chunk(height: int, width: int, device=None, upscale: float = 1.0,

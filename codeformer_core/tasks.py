@@ -4,6 +4,10 @@ A task names what the user wants (restore / colorize / inpaint); everything else
 the model variant that does it, the registry name of its official weight file, the fidelity
 weight ``w`` and AdaIN setting its original entry point uses, and the suffix of output files.
 Front ends (nodes, command line) word their own labels; the core holds no UI names.
+
+``w`` and AdaIN are facts of the variant's network and are kept once, in
+``models.codeformer.VARIANTS``; a task reads them from there (imported on first use, so this
+module stays importable without torch, e.g. for ``codeformer --help``).
 """
 from __future__ import annotations
 
@@ -16,15 +20,25 @@ class Task:
     name: str          # "restore" | "colorize" | "inpaint" (CLI sub-command, pipeline step)
     variant: str       # model variant that performs it (models.codeformer.VARIANTS key)
     weight: str        # registry name of the official weight file (weights/registry.json)
-    default_w: float   # fidelity weight of the original entry point (0 = strongest restoration)
-    adain: bool        # colour statistics of the input re-applied to the output (AdaIN)
     suffix: str        # added to output file names by default
+
+    @property
+    def default_w(self) -> float:
+        """Fidelity weight of the original entry point (0 = strongest restoration)."""
+        from .models.codeformer import VARIANTS
+        return VARIANTS[self.variant].default_w
+
+    @property
+    def adain(self) -> bool:
+        """Colour statistics of the input re-applied to the output (AdaIN), as the original does."""
+        from .models.codeformer import VARIANTS
+        return VARIANTS[self.variant].default_adain
 
 
 TASKS: Dict[str, Task] = {
-    "restore": Task("restore", "restoration", "codeformer", 0.5, True, "_restored"),
-    "colorize": Task("colorize", "colorization", "codeformer_colorization", 0.0, True, "_colorized"),
-    "inpaint": Task("inpaint", "inpainting", "codeformer_inpainting", 1.0, False, "_inpainted"),
+    "restore": Task("restore", "restoration", "codeformer", "_restored"),
+    "colorize": Task("colorize", "colorization", "codeformer_colorization", "_colorized"),
+    "inpaint": Task("inpaint", "inpainting", "codeformer_inpainting", "_inpainted"),
 }
 
 BY_VARIANT: Dict[str, Task] = {t.variant: t for t in TASKS.values()}

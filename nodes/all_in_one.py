@@ -4,8 +4,9 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
+from ..codeformer_core.faces.detect import DetectOptions
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, network_batch,
+from .common import (CATEGORY, CodeFormerModel, FaceDetector, check_choice, network_batch,
                      threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
@@ -56,13 +57,13 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                 threshold=0.8, max_memory_gb=2.0) -> io.NodeOutput:
         task = pipeline.model_task(model)   # the model's own task: restore, colorize or inpaint
         frames = int(image.shape[0]) if image.dim() == 4 else 1
-        bar = bridge.progress_bar(frames)
         modules = [model, face_detector.detector.net, face_detector.parser]
-        batch = network_batch()
-        with bridge.on_compute_device(modules, FORWARD_BYTES * batch):
+        run = pipeline.RunOptions(batch_size=network_batch(), progress=bridge.progress_bar(frames),
+                                  check_interrupt=bridge.check_interrupt,
+                                  memory_budget=int(float(max_memory_gb) * 2 ** 30))
+        with bridge.on_compute_device(modules, pipeline.FORWARD_BYTES_PER_FACE * run.batch_size):
             result = pipeline.restore_images(
-                image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
-                parser=face_detector.parser, batch_size=batch, progress=bar,
-                check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection,
-                memory_budget=int(float(max_memory_gb) * 2 ** 30))
+                image, model, face_detector.detector, w=float(w), task=task,
+                detect=DetectOptions(conf_threshold=float(threshold), selection=selection),
+                paste=pipeline.PasteSettings(visibility=float(visibility), parser=face_detector.parser), run=run)
         return io.NodeOutput(result.images, result.mask, result.total_faces)

@@ -18,8 +18,6 @@ CodeFormerModel = io.Custom("CODEFORMER_MODEL")   # codeformer_core.models.codef
 FaceDetector = io.Custom("FACE_DETECTOR")         # loaders.FaceDetectorBundle
 Faces = io.Custom("FACES")                        # codeformer_core.faces.batch.FaceBatch
 
-# Rough activation memory of one 512x512 CodeFormer forward, for free_memory before a batch.
-FORWARD_BYTES = 600 * 2 ** 20
 # Working memory of detection / paste-back per frame, as a multiple of the frame's element count
 # (float32 copies of the frame and its masks through the chunk).
 FRAME_WORK_BYTES = 16 * 4 * 8

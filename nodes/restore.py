@@ -13,7 +13,7 @@ from ..codeformer_core.models.face_model import FaceModel
 from ..codeformer_core.tasks import BY_VARIANT, TASKS
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
-from .common import CATEGORY, FORWARD_BYTES, CodeFormerModel, Faces, crops_image, network_batch, w_input
+from .common import CATEGORY, CodeFormerModel, Faces, crops_image, network_batch, w_input
 
 FACES_INPUT_TIP = "Faces from 'Detect Faces (CodeFormer)' (or another face node)."
 FACES_OUTPUT_TIP = "The faces with the new crops, for 'Paste Faces Back (CodeFormer)'."
@@ -49,7 +49,7 @@ class FaceStepNode(io.ComfyNode):
             return io.NodeOutput(faces, crops_image(faces))
         bar = bridge.progress_bar(len(faces))
         batch = network_batch()
-        with bridge.on_compute_device([model], FORWARD_BYTES * min(len(faces), batch)):
+        with bridge.on_compute_device([model], pipeline.FORWARD_BYTES_PER_FACE * min(len(faces), batch)):
             out = step(batch_size=batch, progress=bar, check_interrupt=bridge.check_interrupt)
         out = out.to("cpu")
         return io.NodeOutput(out, crops_image(out))

@@ -211,10 +211,12 @@ def test_upscaler_bands_come_from_the_same_tiles():
 
 
 def test_restore_images_in_tiny_bands_equals_one_band(scene):
-    from codeformer_core.pipeline import restore_images
+    from codeformer_core.pipeline import PasteSettings, RunOptions, restore_images
     frames, dets = scene
-    kw = dict(upscale=2.0, detections=dets, batch_size=8, frames_per_chunk=1)   # chunks alike: bands differ
-    one = restore_images(frames, InvertNet(), None, memory_budget=2 ** 34, **kw)
+    kw = dict(paste=PasteSettings(upscale=2.0), detections=dets)
+    big = RunOptions(batch_size=8, frames_per_chunk=1, memory_budget=2 ** 34)   # chunks alike: bands differ
+    small = RunOptions(batch_size=8, frames_per_chunk=1, memory_budget=200_000)
+    one = restore_images(frames, InvertNet(), None, run=big, **kw)
     bands = []
 
     def sink(first, row0, rgb, mask):
@@ -222,13 +224,13 @@ def test_restore_images_in_tiny_bands_equals_one_band(scene):
         got[first:first + rgb.shape[0], row0:row0 + rgb.shape[1]] = (rgb * 255 + 0.5).to(torch.uint8)
 
     got = torch.zeros(2, 192, 256, 3, dtype=torch.uint8)
-    tiny = restore_images(frames, InvertNet(), None, memory_budget=200_000, sink=sink, **kw)
+    tiny = restore_images(frames, InvertNet(), None, run=small, sink=sink, **kw)
     assert tiny.images is None and tiny.face_counts == one.face_counts == [2, 1]
     assert len(bands) > 20 and {b[2] for b in bands} == {1}   # a few rows per band
     # Within a small budget the faces' layers are made one face at a time (their own windows):
     # the same pixels up to float rounding.
     assert (got.int() - (one.images * 255 + 0.5).to(torch.uint8).int()).abs().max() <= 1
-    collected = restore_images(frames, InvertNet(), None, memory_budget=200_000, **kw)
+    collected = restore_images(frames, InvertNet(), None, run=small, **kw)
     assert torch.allclose(collected.images, one.images, atol=1e-6, rtol=0)
     assert torch.allclose(collected.mask, one.mask, atol=1e-6, rtol=0)
     assert (collected.mask > 0.5).sum() > 1000
@@ -252,13 +254,15 @@ def test_integer_pixels_paste_as_their_float_frames(scene):
 
 
 def test_network_batch_within_the_budget(scene):
-    from codeformer_core.pipeline import FORWARD_BYTES_PER_FACE, faces_per_batch, restore_images
+    from codeformer_core.pipeline import FORWARD_BYTES_PER_FACE, RunOptions, faces_per_batch, restore_images
     frames, dets = scene
     net = InvertNet()
-    restore_images(frames, net, None, detections=dets, batch_size=8, frames_per_chunk=2, memory_budget=2 ** 31)
+    restore_images(frames, net, None, detections=dets,
+                   run=RunOptions(batch_size=8, frames_per_chunk=2, memory_budget=2 ** 31))
     assert net.calls == [1, 1, 1]          # a float32 forward (~640 MB) in half of 2 GiB: one face at a time
     net = InvertNet()
-    restore_images(frames, net, None, detections=dets, batch_size=2, frames_per_chunk=2, memory_budget=2 ** 34)
+    restore_images(frames, net, None, detections=dets,
+                   run=RunOptions(batch_size=2, frames_per_chunk=2, memory_budget=2 ** 34))
     assert net.calls == [2, 1]             # the asked batch is the most
     assert faces_per_batch(InvertNet(), 8 * FORWARD_BYTES_PER_FACE) == 4
     assert faces_per_batch(InvertNet(torch.float16), 8 * FORWARD_BYTES_PER_FACE) == 8

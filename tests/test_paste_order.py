@@ -7,7 +7,7 @@ import torch
 from codeformer_core.faces.align import FFHQ_TEMPLATE_512, align_faces
 from codeformer_core.faces.detect import Detections
 from codeformer_core.faces.paste import paste_faces, paste_order
-from codeformer_core.pipeline import restore_images
+from codeformer_core.pipeline import RunOptions, restore_images
 
 RED, BLUE = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
 
@@ -69,7 +69,8 @@ class ColourByPosition(torch.nn.Module):
 
 def test_restore_images_pastes_in_score_order():
     frame, lm, scores = two_overlapping_faces()
-    res = restore_images(frame.permute(0, 2, 3, 1), ColourByPosition(), FoundFaces(lm, scores), batch_size=2)
+    res = restore_images(frame.permute(0, 2, 3, 1), ColourByPosition(), FoundFaces(lm, scores),
+                         run=RunOptions(batch_size=2))
     x, y = overlap_pixel(lm)
     assert res.face_counts == [1 + 1]
     assert res.images[0, y, x, 0] > 0.99 and res.images[0, y, x, 2] < 0.01   # A (red, lower score) wins

@@ -10,10 +10,10 @@ import torch
 from PIL import Image
 
 from codeformer_core.faces.align import align_faces
-from codeformer_core.faces.detect import load_detector
-from codeformer_core.errors import WrongVariantError
-from codeformer_core.pipeline import (colorize_faces, crop_hole_masks, gray_model_input, inpaint_faces,
-                                      restore_faces, restore_images, run_network, to_frames)
+from codeformer_core.faces.detect import DetectOptions, load_detector
+from codeformer_core.errors import CodeFormerError, InputError, SettingsError, WrongVariantError
+from codeformer_core.pipeline import (PasteSettings, RunOptions, colorize_faces, crop_hole_masks, gray_model_input,
+                                      inpaint_faces, restore_faces, restore_images, run_network, to_frames)
 from codeformer_core.dev.synthetic import synth_state_dict
 
 FACE = Path(__file__).parent / "data" / "face_golden"
@@ -63,10 +63,24 @@ def test_to_frames_accepts_gray_alpha_16bit_and_refuses_nan():
     assert torch.equal(to_frames(deep), torch.ones(1, 3, 4, 4))
     bad = torch.rand(1, 4, 4, 3)
     bad[0, 1, 1, 1] = float("nan")
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(InputError, match="NaN"):
         to_frames(bad)
-    with pytest.raises(ValueError, match="channels"):
+    with pytest.raises(InputError, match="channels"):
         to_frames(torch.rand(1, 4, 4, 5))
+    with pytest.raises(ValueError, match="channels"):    # still a ValueError for older callers
+        to_frames(torch.rand(1, 4, 4, 5))
+
+
+def test_user_fixable_problems_are_codeformer_errors(faces):
+    """What the user can fix is a CodeFormerError (the CLI reports it as one line, not as a crash);
+    the ValueError base keeps old ``except ValueError`` callers working."""
+    with pytest.raises(SettingsError, match="a face detector is needed") as ei:
+        restore_images(torch.rand(1, 8, 8, 3), IdentityNet())
+    assert isinstance(ei.value, CodeFormerError) and isinstance(ei.value, ValueError)
+    with pytest.raises(InputError, match="2 masks for 1 images"):
+        crop_hole_masks(faces, torch.zeros(2, 512, 512))
+    with pytest.raises(InputError, match=r"expected images \[B,H,W,C\]"):
+        to_frames(torch.rand(2, 1, 4, 4, 3))
 
 
 def test_wrong_variant_carries_have_and_want(faces, synthetic_model):
@@ -106,7 +120,7 @@ def test_default_network_batch_is_one_face_on_cpu(faces):
 
 def test_no_face_frames_pass_through(astronaut, detector):
     images = torch.cat([astronaut, astronaut.flip(-1)]).permute(0, 2, 3, 1)
-    result = restore_images(images, IdentityNet(), detector, conf_threshold=0.9999)
+    result = restore_images(images, IdentityNet(), detector, detect=DetectOptions(conf_threshold=0.9999))
     assert result.face_counts == [0, 0]
     assert torch.equal(result.images, images)
     assert result.mask.shape == (2, 512, 512) and float(result.mask.max()) == 0
@@ -120,8 +134,8 @@ def test_empty_batch(detector):
 def test_chunked_equals_single_calls_and_upscale(astronaut, detector):
     """8 frames through chunks of 3 equal 8 single calls; upscale 2 doubles the size."""
     frames = torch.cat([astronaut * (0.6 + 0.05 * i) for i in range(8)]).permute(0, 2, 3, 1)
-    kw = dict(conf_threshold=0.6, selection="largest", upscale=2.0)
-    batched = restore_images(frames, IdentityNet(), detector, frames_per_chunk=3, **kw)
+    kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"), paste=PasteSettings(upscale=2.0))
+    batched = restore_images(frames, IdentityNet(), detector, run=RunOptions(frames_per_chunk=3), **kw)
     singles = [restore_images(frames[i:i + 1], IdentityNet(), detector, **kw) for i in range(8)]
     assert batched.images.shape == (8, 1024, 1024, 3)
     assert batched.face_counts == [s.face_counts[0] for s in singles] and sum(batched.face_counts) > 0
@@ -138,7 +152,7 @@ def test_pure_white_hole_detection(faces):
 
 
 def test_mask_of_the_wrong_size_is_refused(faces):
-    with pytest.raises(ValueError, match="mask has shape .* but the image is 512x512"):
+    with pytest.raises(InputError, match="mask has shape .* but the image is 512x512"):
         crop_hole_masks(faces, torch.zeros(1, 256, 256))
 
 

@@ -13,7 +13,8 @@ from PIL import Image
 from codeformer_core.dev.synthetic import synth_state_dict
 from codeformer_core.faces.detect import Detections, load_detector
 from codeformer_core.faces.tracks import LandmarkSmoother, smooth_detections, smooth_tracks, track_faces
-from codeformer_core.pipeline import detect_clip, restore_images
+from codeformer_core.faces.detect import DetectOptions
+from codeformer_core.pipeline import RunOptions, detect_clip, restore_images
 
 FACE = Path(__file__).parent / "data" / "face_golden"
 POINTS = torch.tensor([[-20.0, -15.0], [20.0, -15.0], [0.0, 5.0], [-16.0, 25.0], [16.0, 25.0]])
@@ -116,11 +117,12 @@ def test_detections_found_beforehand_give_the_same_restore():
     detector = load_detector(synth_state_dict(man, face=True))
     rgb = torch.from_numpy(np.asarray(Image.open(FACE / "astronaut_rgb.png")).copy()).float() / 255
     frames = torch.stack([rgb, rgb.roll(3, 1), rgb.roll(-2, 0)])              # [3,H,W,3]
-    kw = dict(conf_threshold=0.6, selection="largest")
-    direct = restore_images(frames, IdentityNet(), detector, frames_per_chunk=2, **kw)
+    options = DetectOptions(conf_threshold=0.6, selection="largest")
+    kw = options.kwargs()
+    direct = restore_images(frames, IdentityNet(), detector, detect=options, run=RunOptions(frames_per_chunk=2))
     found = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 0.0, **kw)
     assert found.num_frames == 3 and len(found) == direct.total_faces > 0
-    replay = restore_images(frames, IdentityNet(), None, detections=found, frames_per_chunk=1)
+    replay = restore_images(frames, IdentityNet(), None, detections=found, run=RunOptions(frames_per_chunk=1))
     assert replay.face_counts == direct.face_counts
     assert torch.allclose(replay.images, direct.images, atol=1e-6)
     smoothed = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 2.0, **kw)

@@ -419,7 +419,8 @@ def section_pipeline(run: Run, args):
         if run.left() < args.reserve_s:
             run.log(f"pipeline: time budget reached, skipping {name}")
             continue
-        kw = dict(w=0.5, parser=parser, conf_threshold=0.7, max_faces=max_faces, batch_size=batch)
+        kw = dict(w=0.5, detect=P.DetectOptions(conf_threshold=0.7, max_faces=max_faces),
+                  paste=P.PasteSettings(parser=parser), run=P.RunOptions(batch_size=batch))
         P.restore_images(images[:1 if args.quick else 2], model, detector, **kw)  # warm-up (kernels, allocator)
         sync(dev)
         times, result = [], None

@@ -200,14 +200,17 @@ def restore(ctx: Context, frames, smoother=None, progress=None, mask=None, detec
     from .. import pipeline
     a = ctx.args
     masks = None if mask is None else torch.from_numpy(mask)[None]
+    from ..faces.detect import DetectOptions
     res = pipeline.restore_images(
-        frames, ctx.model, ctx.detector, w=a.fidelity, task=ctx.task, upscale=ctx.upscale,
-        parser=ctx.parser, background_upscaler=ctx.bg, face_upscaler=ctx.face_up,
+        frames, ctx.model, ctx.detector, w=a.fidelity, task=ctx.task,
         inpaint_masks=masks, has_aligned=a.has_aligned, smoother=smoother, detections=detections,
-        color_match=a.color_match, frames_per_chunk=frames_per_chunk(ctx, *pipeline.image_batch(frames).shape[1:3]),
-        batch_size=None if a.batch_size is None else max(1, a.batch_size), progress=progress,
-        memory_budget=a.max_memory, sink=sink,
-        **ctx.detect_kwargs())
+        detect=DetectOptions(**ctx.detect_kwargs()),
+        paste=pipeline.PasteSettings(upscale=ctx.upscale, color_match=a.color_match, parser=ctx.parser,
+                                     background_upscaler=ctx.bg, face_upscaler=ctx.face_up),
+        run=pipeline.RunOptions(frames_per_chunk=frames_per_chunk(ctx, *pipeline.image_batch(frames).shape[1:3]),
+                                batch_size=None if a.batch_size is None else max(1, a.batch_size), progress=progress,
+                                memory_budget=a.max_memory),
+        sink=sink)
     boxes = ctx.detector.take() if isinstance(ctx.detector, BoxRecorder) else None
     if detections is not None and a.draw_box:
         boxes = boxes_per_frame(detections)

@@ -92,8 +92,9 @@ def child(args) -> int:
         out[row0:row0 + rgb.shape[1]] = (rgb[0].numpy() * 255 + 0.5).astype(np.uint8)
 
     t0 = time.perf_counter()
-    res = pipeline.restore_images(photo, model, None, upscale=args.upscale, detections=dets, sink=sink,
-                                  batch_size=4, memory_budget=args.max_memory)
+    res = pipeline.restore_images(photo, model, None, detections=dets, sink=sink,
+                                  paste=pipeline.PasteSettings(upscale=args.upscale),
+                                  run=pipeline.RunOptions(batch_size=4, memory_budget=args.max_memory))
     print(f"faces {res.total_faces}, pipeline {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -45,7 +45,8 @@ from ..models.loader import load_model, resolve_device
 from ..models.parsenet import load_parsenet, parse_faces
 from ..models.registry import load_network
 from ..models.retinaface import load_retinaface
-from ..pipeline import default_network_batch, parse_masks_for, restore_images, run_network
+from ..faces.detect import DetectOptions
+from ..pipeline import PasteSettings, default_network_batch, parse_masks_for, restore_images, run_network
 from .bench_model import NAIVE, peak_mib, peak_reset, sync
 from .bench_paste import cv2_align_face, cv2_paste_face
 from .synthetic import synth_state_dict
@@ -153,8 +154,9 @@ def forward_alone(model, crops: torch.Tensor, w: float) -> float:
 
 def end_to_end(nets: Dict, frame: torch.Tensor, faces: int, w: float) -> float:
     t0 = time.perf_counter()
-    restore_images(frame.permute(0, 2, 3, 1), nets["model"], nets["detector"], w=w, parser=nets["parser"],
-                   conf_threshold=THRESHOLD, max_faces=faces)
+    restore_images(frame.permute(0, 2, 3, 1), nets["model"], nets["detector"], w=w,
+                   detect=DetectOptions(conf_threshold=THRESHOLD, max_faces=faces),
+                   paste=PasteSettings(parser=nets["parser"]))
     sync(frame.device)
     return time.perf_counter() - t0
 

@@ -11,7 +11,7 @@ Lanczos resizing; pass ``conf_threshold=0.97`` for its stricter behaviour.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -100,6 +100,25 @@ class Detections:
     def empty(num_frames: int = 0, frame_size: Tuple[int, int] = (0, 0), device=None) -> "Detections":
         z = lambda *s, dt=torch.float32: torch.zeros(*s, dtype=dt, device=device)  # noqa: E731
         return Detections(z(0, 4), z(0), z(0, 5, 2), z(0, dt=torch.int64), num_frames, tuple(frame_size))
+
+
+@dataclass(frozen=True)
+class DetectOptions:
+    """Everything ``FaceDetector.detect`` takes besides the frames, as one value a front end
+    builds once (see ``FaceDetector.detect`` for each field)."""
+    conf_threshold: float = DEFAULT_CONF_THRESHOLD
+    nms_threshold: float = DEFAULT_NMS_THRESHOLD
+    resolution: Optional[int] = DEFAULT_RESOLUTION
+    min_eye_distance: float = 0.0
+    selection: str = "all"
+    sort_by: str = "area"
+    index: int = 0
+    max_faces: int = 0
+    chunk_size: Optional[int] = None
+
+    def kwargs(self) -> dict:
+        """The keyword arguments of ``FaceDetector.detect`` (and ``pipeline.detect_faces``)."""
+        return asdict(self)
 
 
 def network_size(height: int, width: int, resolution: Optional[int]) -> Tuple[int, int]:
