@@ -1,7 +1,12 @@
 """The ``codeformer`` command line (``python -m codeformer_core`` runs the same).
 
     args.py         the options of ``restore | colorize | inpaint`` and ``weights ...``
-    run.py          images, folders and videos through ``pipeline.restore_images``
+    settings.py     the task options read once into a frozen ``Settings`` (nothing reads argparse after it)
+    plan.py         inputs -> outputs (a file, a folder), the cheap checks before any network loads
+    engine.py       the networks loaded once (``Session``) and the one ``pipeline.restore_images`` call
+    images.py       one image file; video.py: one video file, chunk by chunk
+    run.py          a task command: plan, load once, process each input, summarise
+    cluster.py      the same per-file work on a Ray actor pool (--ray)
     weights_cmd.py  the models folder, fetching on first use, ``weights list|download|verify|convert``
     console.py      exit codes, messages, progress bars, the one-line error report
 

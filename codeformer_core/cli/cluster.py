@@ -1,10 +1,10 @@
 """``codeformer restore | colorize | inpaint INPUTS... --ray``: the same per-file work on a Ray cluster.
 
-The driver plans the files (``run.plan`` for one file or one flat folder, so outputs land where the
+The driver plans the files (``plan.plan`` for one file or one flat folder, so outputs land where the
 single-process command puts them; several inputs, ``-r`` and ``--files-from`` keep each file's path
 inside its input folder under ``-o``). Ray Data holds the planned files, one file per block, so each
 file is one task. An actor pool (``--workers`` actors, each with ``--cpus-per-worker`` CPUs and
-``--gpus-per-worker`` GPUs) loads the networks once per actor (``run.load``) and runs
+``--gpus-per-worker`` GPUs) loads the networks once per actor (``engine.open_session``) and runs
 ``run.process_file`` on each file it is given: decode, detect, restore, paste, encode and write
 atomically (a temporary name in the destination folder, then ``os.replace``), exactly the code of
 the single-process command, so the outputs are the same bytes. A video is one task, streamed chunk
@@ -33,11 +33,14 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 from ..tasks import TASKS
-from . import run
 from .console import Out, UserError, describe, progress_bar
+from .engine import open_session, weight_paths
+from .plan import Item, media_kind, plan
+from .run import Stats, process_file, summary
+from .settings import settings_from_args
 
 MANIFEST_NAME = "codeformer-manifest.jsonl"
 COLUMNS = ("input", "output", "kind", "status", "faces", "frames", "no_face", "error", "seconds")
@@ -45,7 +48,6 @@ EXTRA = ("line", "fatal")  # also returned by the workers, not written to the ma
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # rows are paths and counts; images never pass through it
 TEST_HOOKS_ENV = "CODEFORMER_CLUSTER_TEST_HOOKS"
 
-Item = Tuple[Path, Optional[Path], Optional[str]]  # (input, output, kind); kind None = not media
 
 
 # -- planning -------------------------------------------------------------------------------------
@@ -89,13 +91,13 @@ def _listed(folder: Path, list_file: str) -> List[Path]:
 def plan_inputs(args, task: str) -> Tuple[List[Item], Path]:
     """The planned files and the folder the manifest goes to by default.
 
-    One file or one folder without ``-r``/``--files-from``: exactly ``run.plan``. Otherwise every
+    One file or one folder without ``-r``/``--files-from``: exactly ``plan.plan``. Otherwise every
     image or video goes to ``-o`` FOLDER / its path inside its input folder (a file given directly:
     its name), with ``--suffix`` (default none) added to the name; two inputs that would write the
     same output are an error."""
     inputs = [args.input, *args.more_inputs]
     if len(inputs) == 1 and not args.recursive and not args.files_from:
-        items, _ = run.plan(args, task)
+        items, _ = plan(settings_from_args(args, task).files)
         return items, next(d for _, d, k in items if k).parent
     paths = [Path(os.path.expanduser(p)) for p in inputs]
     for p in paths:
@@ -109,7 +111,7 @@ def plan_inputs(args, task: str) -> Tuple[List[Item], Path]:
         root = paths[0].parent / (paths[0].name + TASKS[task].suffix)
     else:
         raise UserError("several inputs need -o FOLDER (each output keeps its path inside its input folder)")
-    if run.media_kind(root) is not None:
+    if media_kind(root) is not None:
         raise UserError(f"-o {root}: give a folder (several inputs, -r or --files-from)")
     suffix = args.suffix or ""
     items: List[Item] = []
@@ -121,7 +123,7 @@ def plan_inputs(args, task: str) -> Tuple[List[Item], Path]:
         else:
             pairs = [(base, Path(base.name))]
         for f, rel in pairs:
-            kind = run.media_kind(f)
+            kind = media_kind(f)
             dest = root / rel.parent / f"{rel.stem}{suffix}{rel.suffix}" if kind else None
             if dest is not None:
                 key = dest.resolve()
@@ -161,7 +163,7 @@ def _test_hook(src: str) -> None:
 
 
 class FileWorker:
-    """One actor of the pool: the networks loaded once (``run.load``), then ``run.process_file``
+    """One actor of the pool: the networks loaded once (``engine.open_session``), then ``run.process_file``
     on each file of each batch, one result row per file (errors become failed rows). When the
     networks cannot be loaded, every row carries that reason in ``fatal`` and the driver stops."""
 
@@ -169,10 +171,10 @@ class FileWorker:
         import torch
         if args.device == "cpu" or not torch.cuda.is_available():
             torch.set_num_threads(max(1, threads))
-        self.ctx = run.Context(args=args, task=task, out=Out(quiet=True))
+        self.session = None
         self.fatal = ""
         try:
-            run.load(self.ctx)
+            self.session = open_session(settings_from_args(args, task), Out(quiet=True))
         except Exception as e:  # reported once by the driver, not as a Ray traceback per actor
             self.fatal = describe(e)
 
@@ -182,14 +184,14 @@ class FileWorker:
 
     def process(self, src: str, dest: str, kind: str) -> dict:
         _test_hook(src)
-        stats = run.Stats()
+        stats = Stats()
         t0 = time.perf_counter()
         line, status, error = "", "ok", ""
         try:
             if self.fatal:
                 status, error = "failed", self.fatal
             else:
-                line = run.process_file(self.ctx, Path(src), Path(dest), kind, stats)
+                line = process_file(self.session, Path(src), Path(dest), kind, stats)
         except Exception as e:  # one bad file must not stop the others
             status, error = "failed", describe(e)
         return dict(input=src, output=dest, kind=kind, status=status, faces=stats.faces, frames=stats.frames,
@@ -315,14 +317,14 @@ def run_cluster(args, task: str) -> int:
     """restore / colorize / inpaint with --ray: plan, fetch weights, stream the files through the
     actor pool, record every file in the manifest, summarise (same exit codes as without --ray)."""
     out = Out(args.quiet)
-    run.check_settings(args, task)
+    settings = settings_from_args(args, task)
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be >= 1")
     if args.cpus_per_worker <= 0 or (args.gpus_per_worker or 0) < 0 or args.retries < 0:
         raise UserError("--cpus-per-worker must be > 0, --gpus-per-worker and --retries >= 0")
     items, root = plan_inputs(args, task)
     manifest = Manifest(Path(os.path.expanduser(args.manifest)) if args.manifest else root / MANIFEST_NAME)
-    stats = run.Stats()
+    stats = Stats()
     todo: List[Item] = []
     not_media = []
     for src, dest, kind in items:
@@ -330,7 +332,7 @@ def run_cluster(args, task: str) -> int:
             stats.skipped += 1
             not_media.append(src.name)
             manifest.write(src, None, None, "skipped", "not an image or video file")
-        elif args.skip_existing and dest.exists():
+        elif settings.files.skip_existing and dest.exists():
             stats.skipped += 1
             manifest.write(src, dest, kind, "skipped", "output exists")
         else:
@@ -346,7 +348,8 @@ def run_cluster(args, task: str) -> int:
     bar = progress_bar(total=len(todo), desc="files", unit="file", quiet=out.quiet)
     try:
         if todo:
-            run.weight_paths(args, task, out)  # fetch missing weights once, here, before any worker starts
+            # fetch missing weights once, here, before any worker starts
+            weight_paths(settings.models, task, settings.has_aligned, out)
             ray = _import_ray(local=not args.ray_address)
             started = _connect(ray, args)
             for row in _results(ray, args, task, todo, out):
@@ -385,6 +388,6 @@ def run_cluster(args, task: str) -> int:
         manifest.close()
         if started:
             ray.shutdown()
-    code = run.summary(out, task, stats)
+    code = summary(out, task, stats)
     out.info(f"manifest: {manifest.path}")
     return code

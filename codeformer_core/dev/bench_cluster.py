@@ -77,7 +77,8 @@ def main(argv=None) -> int:
     from ..cli import main as cli_main
     from ..cli.args import build_parser
     from ..cli.console import Out
-    from ..cli.run import Context, load
+    from ..cli.engine import open_session
+    from ..cli.settings import settings_from_args
 
     with tempfile.TemporaryDirectory(prefix="bench_cluster_") as tmp:
         tmp = Path(tmp)
@@ -91,7 +92,7 @@ def main(argv=None) -> int:
 
         args = build_parser().parse_args(["restore", str(src), *common, "--device", "cpu"])
         t0 = time.perf_counter()
-        load(Context(args=args, task="restore", out=Out(quiet=True)))
+        open_session(settings_from_args(args, "restore"), Out(quiet=True))
         print(f"model load in one process: {time.perf_counter() - t0:.1f} s")
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
