@@ -379,3 +379,45 @@ def test_weights_convert_round_trip(capsys, models_dir, tmp_path):
     bad.write_bytes(b"garbage")
     rc, _, err = run(capsys, "weights", "convert", bad)
     assert rc == cli.EXIT_ERROR and "Traceback" not in err and err.count("\n") == 1
+
+
+# ----------------------------------------------------------------------------- core errors, as the user sees them
+def _nan_pixels(monkeypatch):
+    """The file reader hands over float pixels with a NaN (no reader of ours makes them; a library
+    caller's array can): the pipeline itself must refuse them."""
+    from codeformer_core.io import images
+    real = images.read_image
+
+    def read(path):
+        img = real(path)
+        rgb = img.rgb.astype(np.float32) / 255
+        rgb[1, 1, 1] = np.nan
+        return dataclasses.replace(img, rgb=rgb)
+    monkeypatch.setattr(images, "read_image", read)
+
+
+def _pipeline_call(monkeypatch, change):
+    """The CLI's own call of restore_images, with one argument changed as a library caller could."""
+    from codeformer_core import pipeline
+    real = pipeline.restore_images
+    monkeypatch.setattr(pipeline, "restore_images", lambda images, model, detector, **kw:
+                        real(*change(images, model, detector), **kw))
+
+
+@pytest.mark.parametrize("setup, message", [
+    (_nan_pixels, "image contains NaN or infinite values"),
+    (lambda mp: _pipeline_call(mp, lambda i, m, d: (torch.rand(1, 8, 8, 5), m, d)),
+     "expected 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA) channels, got 5"),
+    (lambda mp: _pipeline_call(mp, lambda i, m, d: (i, m, None)), "a face detector is needed"),
+])
+def test_core_input_errors_are_reported_as_user_errors(tmp_path, models_dir, monkeypatch, setup, message):
+    """A problem the user can fix, raised by the pipeline, is one line with its own message: not
+    'unexpected error', no traceback."""
+    src = write_rgb(tmp_path / "in.png", astronaut((48, 40)))
+    setup(monkeypatch)
+    rc, out, err = run_cli("restore", src, "-o", tmp_path / "out.png", *NO_FACES, "--models", models_dir,
+                           *DETECTOR_ARGS)
+    assert rc == cli.EXIT_ERROR
+    assert "unexpected" not in err and "Traceback" not in err, err
+    assert f"codeformer: error: {message}" in err, err
+    assert not (tmp_path / "out.png").exists()
