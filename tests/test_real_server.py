@@ -81,6 +81,12 @@ AS_SHIPPED = "restore_faces_modular@shipped"
 SILENT = "restore_video_frames@silent"
 EMPTY = "empty_outputs"        # issue 14: every output that can be empty into the core preview / save nodes
 SILENT_CLIP = "astronaut_clip.mp4"
+# The inpainting graph's input: the test writes its own astronaut_masked.png (over tests/data's copy,
+# whose hole lies outside the face the synthetic detector finds), with the hole (alpha 0, which
+# LoadImage turns into mask 1) inside that face's 512 px crop: the crop covers about 33x33 pixels
+# around (117, 109) of the 256x256 astronaut, its landmarks being close together.
+MASKED = "astronaut_masked.png"
+HOLE = (slice(104, 115), slice(112, 124))   # rows, columns
 
 
 def _shared_tool(name: str) -> Path:
@@ -140,6 +146,13 @@ def add_face_model() -> None:
         if not (MODELS / FACE_MODEL_FILE).is_file():
             partial = write_model(random_gfpgan(), MODELS / (FACE_MODEL_FILE + ".partial.pth"), half=True)
             partial.rename(MODELS / FACE_MODEL_FILE)
+
+
+def make_masked_input(path: Path) -> None:
+    """tests/data/astronaut.png as RGBA with a transparent HOLE (LoadImage's mask: 1 there)."""
+    rgba = np.asarray(Image.open(DATA / "astronaut.png").convert("RGBA")).copy()
+    rgba[HOLE + (3,)] = 0
+    Image.fromarray(rgba).save(path)
 
 
 def make_clip(path: Path):
@@ -219,6 +232,7 @@ def server_run(request, tmp_path_factory):
     for f in [*DATA.glob("*.png"), DATA / SILENT_CLIP]:
         shutil.copy2(f, inputs / f.name)
     make_clip(inputs / CLIP.name)
+    make_masked_input(inputs / MASKED)
 
     log_path = tmp / "comfyui.log"
     server = ce.Server(str(COMFY), sys.executable, str(base), ce.free_port(), str(log_path), [], False)
@@ -430,8 +444,6 @@ def test_outputs_have_the_expected_size(server_run, name):
         assert got == want_size, f"{name} / {title}: {path.name} is {got}, expected {want_size}"
 
 
-# Not inpaint_masked_face: the synthetic detector's face box misses the mask's hole there, and pixels
-# outside the hole are kept by design.
 @pytest.mark.parametrize("name", ["restore_faces_simple", "restore_faces_modular", "colorize_old_photo",
                                   "restore_faces_gfpgan"])
 def test_a_face_was_restored(server_run, name):
@@ -444,6 +456,19 @@ def test_a_face_was_restored(server_run, name):
     src = np.asarray(Image.open(DATA / loads[0]).convert("RGB"), np.int16)
     assert out.shape == src.shape
     assert np.abs(out - src).max() > 20, f"{name}: output equals the input; no face restored"
+
+
+def test_inpainting_fills_the_hole(server_run):
+    """The inpainting graph finds the face, fills the mask's hole (which lies inside the face's crop)
+    and pastes it back: pixels in the hole changed; pixels far from the face are the input's."""
+    rec = _record(server_run, "inpaint_masked_face")
+    assert rec["status"] == "ok", _error_text(rec)
+    saved = [o for o in rec["outputs"] if rec["api_prompt"][str(o["node"])]["class_type"] == "SaveImage"]
+    out = np.asarray(Image.open(saved[0]["artifact"]).convert("RGB"), np.int16)
+    src = np.asarray(Image.open(server_run.inputs / MASKED).convert("RGB"), np.int16)
+    assert out.shape == src.shape
+    assert np.abs(out[HOLE] - src[HOLE]).max() > 20, "the hole was not filled"
+    assert np.array_equal(out[:40, :40], src[:40, :40]), "pixels far from the face changed"
 
 
 def test_video_keeps_frames_rate_and_sound(server_run):
