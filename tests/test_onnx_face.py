@@ -24,21 +24,21 @@ from codeformer_core.errors import CheckpointError, MissingDependencyError, NotA
 from codeformer_core.faces.align import align_faces, template_for  # noqa: E402
 from codeformer_core.faces.detect import Detections  # noqa: E402
 from codeformer_core.faces.paste import paste_faces  # noqa: E402
-from codeformer_core.models import onnx_face  # noqa: E402
 from codeformer_core.models.onnx_face import (CPU, CUDA, TENSORRT, OnnxFaceModel, inspect_onnx_face_model,  # noqa: E402
                                               select_providers)
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "face_golden")
 
 
-def _copy_convs(size_in: int = 3):
+def _copy_convs():
     """Two convolutions that together copy the image: 3x3 with the centre tap, then 1x1 identity."""
     k3 = np.zeros((3, 3, 3, 3), np.float32)
     k1 = np.zeros((3, 3, 1, 1), np.float32)
     for c in range(3):
         k3[c, c, 1, 1] = 1.0
         k1[c, c, 0, 0] = 1.0
-    inits = [numpy_helper.from_array(k3, "conv1.weight"), numpy_helper.from_array(np.zeros(3, np.float32), "conv1.bias"),
+    inits = [numpy_helper.from_array(k3, "conv1.weight"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "conv1.bias"),
              numpy_helper.from_array(k1, "conv2.weight")]
     nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["a"], pads=[1, 1, 1, 1]),
              helper.make_node("Conv", ["a", "conv2.weight"], ["b"])]
@@ -270,7 +270,8 @@ def test_refuses_one_channel(tmp_path):
 
 def test_refuses_an_upscaler(tmp_path):
     msg = refusal(tmp_path, face_model_proto(256, batch=1, out_size=1024), "4x_upscaler.onnx")
-    assert msg.startswith("4x_upscaler.onnx is a 4x upscaler (256 px in, 1024 px out), not a face-restoration model"), msg
+    assert msg.startswith("4x_upscaler.onnx is a 4x upscaler (256 px in, 1024 px out), "
+                          "not a face-restoration model"), msg
 
 
 def test_refuses_a_free_size_model(tmp_path):
