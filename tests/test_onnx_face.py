@@ -408,3 +408,23 @@ def test_weights_verify_says_why_not(tmp_path, capsys):
     assert cli_main(["weights", "verify", str(path)]) != 0
     out = capsys.readouterr().out
     assert "FAIL" in out and "up.onnx is a 4x upscaler (256 px in, 1024 px out)" in out, out
+
+
+def test_out_of_memory_in_onnxruntime_halves_the_pipeline_batch(tmp_path, monkeypatch):
+    """An allocation failure inside ONNX Runtime comes out as a MemoryError, so run_network's chunk
+    loop halves the batch (here: runs of more than 2 faces fail as ONNX Runtime's arena words it)."""
+    model = OnnxFaceModel(write(face_model_proto(512, fidelity="w"), tmp_path / "f512.onnx"))
+    real = model.session.run
+    sizes = []
+
+    def run(names, feed):
+        sizes.append(len(feed["input"]))
+        if len(feed["input"]) > 2:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Non-zero status code returned while "
+                               "running Conv node. Failed to allocate memory for requested buffer of size 67108864")
+        return real(names, feed)
+    monkeypatch.setattr(model.session, "run", run)
+    crops = torch.rand(5, 3, 512, 512, generator=torch.Generator().manual_seed(5))
+    out = pipeline.run_network(model, crops, w=0.75, batch_size=4)
+    assert sizes == [4, 2, 2, 1]
+    assert float((out - expected(crops, 0.75)).abs().max()) < 1e-6

@@ -332,6 +332,16 @@ def default_trt_cache_dir(path: Union[str, Path]) -> Path:
 
 
 # -- the runner ---------------------------------------------------------------------------------
+_ORT_OUT_OF_MEMORY = ("failed to allocate memory", "bad_alloc", "bad allocation", "out of memory",
+                      "cudaerrormemoryallocation")
+
+
+def is_onnxruntime_out_of_memory(e: BaseException) -> bool:
+    """Whether an ONNX Runtime error is an allocation failure (its CPU arena's "Failed to allocate
+    memory", std::bad_alloc, CUDA's "out of memory"), which ONNX Runtime raises as a plain exception."""
+    return isinstance(e, MemoryError) or any(m in str(e).lower() for m in _ORT_OUT_OF_MEMORY)
+
+
 class OnnxFaceModel:
     """An ONNX face-restoration file as the pipeline's restore model (see the module notes).
 
@@ -451,7 +461,14 @@ class OnnxFaceModel:
             if pad:   # the last run of a fixed-batch file: fill with copies, keep the real ones
                 xb = torch.cat([xb, xb[-1:].expand(pad, -1, -1, -1)])
                 wb = None if wb is None else torch.cat([wb, wb[-1:].expand(pad)])
-            y = self._run_gpu(xb, wb) if self._on_gpu else self._run_cpu(xb, wb)
+            try:
+                y = self._run_gpu(xb, wb) if self._on_gpu else self._run_cpu(xb, wb)
+            except Exception as e:
+                if not is_onnxruntime_out_of_memory(e):
+                    raise
+                # as a MemoryError the pipeline's chunk loop halves the batch (chunks.is_out_of_memory)
+                raise MemoryError(f"{self.name}: ONNX Runtime ran out of memory for {stop - start} faces "
+                                  f"of {s} px ({first_line(e)})") from e
             out[start:stop] = y[:stop - start].to(out.device)
         return out
 
