@@ -92,7 +92,8 @@ SIGNATURES = {
     "gpen256_dynamic": (256, None, None, None, "B"),
     "facefusion_codeformer256_weight_double": (256, "weight", TensorProto.DOUBLE, (1,), 1),
     "ours256_w_float_dynamic": (256, "w", TensorProto.FLOAT, ("B",), "B"),
-    "weight_double_dynamic_scalar_w": (256, "weight", TensorProto.DOUBLE, (1,), "B"),
+    "weight_double_dynamic_one_w": (256, "weight", TensorProto.DOUBLE, (1,), "B"),
+    "w_float_scalar": (256, "w", TensorProto.FLOAT, (), "B"),
 }
 
 
@@ -125,6 +126,7 @@ def test_signature_is_read(files, key):
     assert sig.fixed_batch == (batch if isinstance(batch, int) else None)
     assert sig.fidelity_type == {None: None, TensorProto.FLOAT: "float32", TensorProto.DOUBLE: "float64"}[ftype]
     assert sig.fidelity_per_face == (fshape == ("B",))
+    assert sig.fidelity_rank == (1 if fshape is None else len(fshape))
     assert sig.template == ("arcface_128" if size == 256 else "ffhq")
 
 

@@ -186,6 +186,7 @@ class OnnxFaceSignature:
     fidelity_per_face: bool           # shape [B] (one per face) rather than [1]
     template: str                     # "ffhq" / "arcface_128" (key of TEMPLATES)
     extra_outputs: Tuple[str, ...] = ()
+    fidelity_rank: int = 1            # 0: a scalar fidelity input
 
     @property
     def has_fidelity(self) -> bool:
@@ -197,7 +198,7 @@ class OnnxFaceSignature:
         if self.fidelity_name is None:
             fid = "no fidelity input"
         else:
-            shape = "[B]" if self.fidelity_per_face else "[1]"
+            shape = "[B]" if self.fidelity_per_face else ("[1]" if self.fidelity_rank else "scalar")
             fid = f"fidelity input {self.fidelity_name} {self.fidelity_type} {shape}"
         align = "FFHQ" if self.template == "ffhq" else "ArcFace 128"
         return (f"ONNX face restorer, {s} px crops ({align} alignment), input {self.input_name} "
@@ -267,6 +268,7 @@ def read_signature(proto, name: str = "the file") -> OnnxFaceSignature:
         refuse(f"an ONNX model for {h} px crops (this pack aligns faces at {', '.join(map(str, CROP_SIZES))} px)")
     fid_name = fid_type = None
     per_face = False
+    fdims: list = []
     for i in inputs:
         if i is image:
             continue
@@ -283,7 +285,8 @@ def read_signature(proto, name: str = "the file") -> OnnxFaceSignature:
     return OnnxFaceSignature(input_name=image.name, output_name=out.name, crop_size=int(h), fixed_batch=fixed,
                              fidelity_name=fid_name, fidelity_type=fid_type, fidelity_per_face=per_face,
                              template="arcface_128" if h == 256 else "ffhq",
-                             extra_outputs=tuple(o.name for o in graph.output[1:]))
+                             extra_outputs=tuple(o.name for o in graph.output[1:]),
+                             fidelity_rank=len(fdims) if fid_name is not None else 1)
 
 
 def inspect_onnx_face_model(path: Union[str, Path]) -> OnnxFaceSignature:
@@ -490,6 +493,8 @@ class OnnxFaceModel:
         import numpy as np
         dtype = np.float64 if self.signature.fidelity_type == "float64" else np.float32
         values = wb.numpy() if self.signature.fidelity_per_face else wb[:1].numpy()
+        if self.signature.fidelity_rank == 0:
+            values = values.reshape(())
         return np.ascontiguousarray(values, dtype=dtype)
 
     def _run_cpu(self, xb: Tensor, wb: Optional[Tensor]) -> Tensor:
