@@ -169,3 +169,20 @@ def test_onnx_never_imported_by_the_core_or_the_nodes():
     assert out.stdout.strip().splitlines()[-1] == "[]"
     for path in (ROOT / "nodes").rglob("*.py"):
         assert "onnx" not in path.read_text().lower(), f"{path} mentions onnx"
+
+
+def test_the_export_through_the_onnx_face_runner(exported, onnx_vs_torch):
+    """Our export run by models/onnx_face.py (as the pipeline would: crops in -1..1, w per face) equals
+    the PyTorch model within the export's bound, w = 0, 0.5, 1 in one batch."""
+    from codeformer_core.models.onnx_face import OnnxFaceModel
+    g, _, dest = exported
+    ref = onnx_vs_torch[2]
+    model = OnnxFaceModel(dest, "cpu")
+    assert (model.crop_size, model.has_fidelity, model.fixed_batch) == (512, True, None)
+    assert model.signature.fidelity_per_face and model.signature.extra_outputs == ("codes",)
+    out = model(faces(g, len(WS)), w=torch.tensor(WS))
+    assert out.shape == ref.shape
+    for i, w in enumerate(WS):
+        err = float(np.abs(out[i].numpy() - ref[i]).max())
+        print(f"\nrunner w={w}: max abs error {err:.2e}")
+        assert err <= 1e-3, f"w={w}: max abs error {err:.3g}"

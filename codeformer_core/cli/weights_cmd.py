@@ -113,6 +113,8 @@ def _loadable(path: Path) -> str:
     """What ``path`` loads as, by the checks of the loader that would load it (registry kind by
     file name; else any network this pack loads, then anything spandrel loads); raises the
     loader's CodeFormerError for a file that would not load."""
+    if path.suffix.lower() == ".onnx":
+        return _onnx_loadable(path)
     from ..models.registry import KINDS, check_network
     from ..weights.registry import find_entry
     entry = find_entry(path.name)
@@ -144,6 +146,13 @@ def _pack_family(path: Path) -> bool:
         return family_of(read_state_dict(path)) in KINDS.values()
     except CheckpointError:
         return False
+
+
+def _onnx_loadable(path: Path) -> str:
+    """What an ONNX file is as a face model (models/onnx_face.py), without opening a session: its
+    inputs, crop size, fidelity input, batch; the refusal's message for anything else."""
+    from ..models.onnx_face import inspect_onnx_face_model
+    return inspect_onnx_face_model(path).describe()
 
 
 def _spandrel_loadable(path: Path) -> str:

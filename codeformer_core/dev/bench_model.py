@@ -5,7 +5,9 @@ Prints how long ``load_model`` takes for a full-size ``codeformer.pth`` (the off
 peak memory for batches 1, 4 and 8 with the default ``CodeFormerOptions``, and for a naive
 baseline instance (one face at a time, float32, contiguous layout, explicit softmax attention,
 upsample-then-conv) measured in the same run, plus the largest output
-difference between the two; ``--onnx FILE`` adds ONNX Runtime on CPU for an exported file. Weights are the synthetic golden formula: speed does not depend on
+difference between the two; ``--onnx FILE`` (or ``--onnx export``: the synthetic weights exported
+first) adds ONNX Runtime on CPU for an exported file, run through ``models.onnx_face.OnnxFaceModel``
+at each batch size, and the CPU's model name is printed. Weights are the synthetic golden formula: speed does not depend on
 the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
 measures with the one the ``codeformer`` command sets at its start instead.
 """
@@ -84,21 +86,41 @@ def load_times(state_dict) -> list:
     return rows
 
 
-def onnx_row(path, x, batches, w, t_naive, out_naive, repeats):
-    """ONNX Runtime (CPU) on an exported file: a row like the PyTorch ones."""
-    import numpy as np
-    import onnxruntime as ort
-    b = max(batches)
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feed = {"input": x[:b].cpu().numpy(), "w": np.full(b, w, np.float32)}
-    out = sess.run(None, feed)[0]  # warm-up
-    peak_reset(torch.device("cpu"))
-    t0 = time.perf_counter()
-    for _ in range(max(repeats, 1)):
-        out = sess.run(None, feed)[0]
-    t = (time.perf_counter() - t0) / (max(repeats, 1) * b)
-    diff = float(np.abs(out[:1] - out_naive[:1].cpu().numpy()).max())
-    return (f"onnxruntime CPU b={b}", b, t, peak_mib(torch.device("cpu")), t_naive / t, diff)
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; platform's guess elsewhere) and the cores torch uses."""
+    import platform
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {torch.get_num_threads()} threads"
+
+
+def onnx_rows(path, x, batches, w, t_naive, out_naive, repeats):
+    """ONNX Runtime (CPU) on an exported file through the pipeline's runner (models/onnx_face.py,
+    numpy in and out), one row per batch size, like the PyTorch ones."""
+    from ..models.onnx_face import OnnxFaceModel
+    model = OnnxFaceModel(path, "cpu", threads=torch.get_num_threads())
+    rows = []
+    for b in batches:
+        xb, wb = x[:b].cpu(), torch.full((b,), w)
+        out = model(xb, w=wb)  # warm-up
+        peak_reset(torch.device("cpu"))
+        t0 = time.perf_counter()
+        for _ in range(max(repeats, 1)):
+            out = model(xb, w=wb)
+        t = (time.perf_counter() - t0) / (max(repeats, 1) * b)
+        diff = float((out[:1] - out_naive[:1].cpu()).abs().max())
+        rows.append((f"onnxruntime CPU (OnnxFaceModel) b={b}", b, t, peak_mib(torch.device("cpu")), t_naive / t, diff))
+    return rows
+
+
+def export_synthetic(state_dict, folder) -> Path:
+    """The synthetic restoration weights exported as ``codeformer weights export --onnx`` does."""
+    from ..models.onnx_export import export_onnx
+    return export_onnx({"params_ema": state_dict}, Path(folder) / "codeformer.onnx")
 
 
 def build(state_dict, device, dtype, channels_last, options=None):
@@ -118,7 +140,8 @@ def main(argv=None):
     ap.add_argument("--channels-last", action="store_true", help="channels-last convolutions (CUDA tensor cores)")
     ap.add_argument("--no-load-times", action="store_true", help="skip timing load_model on written files")
     ap.add_argument("--onnx", metavar="FILE", help="also time this exported file (codeformer weights export) with "
-                    "ONNX Runtime on CPU, at the largest batch (needs the onnx extra)")
+                    "ONNX Runtime on CPU through OnnxFaceModel, at each batch size; 'export': export the synthetic "
+                    "weights first (needs the onnx extra)")
     ap.add_argument("--cli-memory", action="store_true",
                     help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
@@ -133,7 +156,7 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator().manual_seed(0)
     x = (torch.rand(max(batches), 3, 512, 512, generator=gen) * 2 - 1).to(device)
-    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else 'threads=%d' % torch.get_num_threads()}), "
+    print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()}), "
           f"dtype {str(dtype).replace('torch.', '')}, w={args.w}, torch {torch.__version__}")
 
     state_dict = synth_state_dict(expected_shapes("restoration").items())
@@ -150,7 +173,9 @@ def main(argv=None):
         diff = float((out[:1].float() - out_naive[:1]).abs().max())
         rows.append((f"codeformer_core b={b}", b, t, mem, t_naive / t, diff))
     if args.onnx:
-        rows.append(onnx_row(args.onnx, x, batches, args.w, t_naive, out_naive, args.repeats))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export_synthetic(state_dict, tmp) if args.onnx == "export" else args.onnx
+            rows += onnx_rows(path, x, batches, args.w, t_naive, out_naive, args.repeats)
     print(f"{'config':38s} {'faces/s':>8s} {'ms/face':>8s} {'peak MiB':>9s} {'vs naive':>9s} {'max|diff|':>10s}")
     for name, _b, t, mem, ratio, diff in rows:
         print(f"{name:38s} {1 / t:8.3f} {t * 1000:8.0f} {mem:9.0f} {ratio:8.2f}x {diff:10.2e}")
