@@ -114,13 +114,27 @@ def comfyui(comfy_base):
     import folder_paths
     import nodes
     assert folder_paths.models_dir == str(comfy_base / "models"), "folder_paths was imported before the fixture"
+    built, loaded = [], []   # what loading the pack does: no network built, no weight file read
+    module_init, torch_load = torch.nn.Module.__init__, torch.load
+
+    def counting_init(self, *a, **k):
+        built.append(type(self).__qualname__)
+        module_init(self, *a, **k)
+
+    def counting_load(*a, **k):
+        loaded.append(str(a[0]) if a else "?")
+        return torch_load(*a, **k)
+    torch.nn.Module.__init__, torch.load = counting_init, counting_load
     start = time.perf_counter()
-    assert asyncio.run(nodes.load_custom_node(str(ROOT))), "ComfyUI could not load the pack (see the log above)"
-    load_seconds = time.perf_counter() - start
+    try:
+        assert asyncio.run(nodes.load_custom_node(str(ROOT))), "ComfyUI could not load the pack (see the log above)"
+    finally:
+        load_seconds = time.perf_counter() - start
+        torch.nn.Module.__init__, torch.load = module_init, torch_load
     pack = sys.modules[str(ROOT).replace(".", "_x_")]
     return types.SimpleNamespace(nodes=nodes, execution=execution, folder_paths=folder_paths,
                                  mm=comfy.model_management, utils=comfy.utils, pack=pack, base=comfy_base,
-                                 load_seconds=load_seconds,
+                                 load_seconds=load_seconds, load_built=built, load_read=loaded,
                                  N={k: nodes.NODE_CLASS_MAPPINGS[k] for k in NODE_IDS if k in nodes.NODE_CLASS_MAPPINGS})
 
 
