@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codeformer_core.dev.golden import Golden  # noqa: F401  (the one golden loader, shared with tools/)
 from codeformer_core.dev.synthetic import synth_state_dict
 
 VARIANT_NAMES = ("restoration", "colorization", "inpainting")
@@ -80,44 +81,6 @@ def write_synthetic_models(root: Path) -> Path:
         write_face_net(file, manifest, root / "facedetection")
     (root / "upscale_models").mkdir(parents=True, exist_ok=True)
     return root
-
-
-class Golden:
-    """One golden case, from the repository's subsampled copy or a full set given by
-    ``CODEFORMER_GOLDEN_DIR`` (same format as ``shared/golden``; ``CODEFORMER_GOLDEN_SALT``)."""
-
-    def __init__(self, variant: str):
-        full_dir = os.environ.get("CODEFORMER_GOLDEN_DIR")
-        self.variant = variant
-        self.salt = int(os.environ.get("CODEFORMER_GOLDEN_SALT", "0"))
-        if full_dir:
-            z = np.load(Path(full_dir) / f"{variant}.npz")
-            self.arrays = {k: z[k] for k in z.files}
-            self.x = self.arrays["x"]
-            self.stride = 1
-            self.manifest = json.loads((Path(full_dir) / f"manifest_{variant}.json").read_text())
-        else:
-            z = np.load(DATA / "golden" / f"{variant}.npz")
-            self.arrays = {k.replace("_s4", ""): z[k] for k in z.files}
-            # x is stored as the uint8 image it was made from; this is bit-exact.
-            u8 = self.arrays.pop("x_u8")
-            self.x = ((u8 / 255).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)
-            self.stride = 4
-            self.manifest = json.loads((DATA / "golden" / f"manifest_{variant}.json").read_text())
-
-    @property
-    def ws(self):
-        return sorted(float(k[5:]) for k in self.arrays if k.startswith("out_w"))
-
-    def out(self, w: float) -> np.ndarray:
-        return self.arrays[f"out_w{w}"]
-
-    def sample(self, out: np.ndarray) -> np.ndarray:
-        """Bring a full-size model output onto the stored grid."""
-        return out[..., :: self.stride, :: self.stride]
-
-    def state_dict(self):
-        return synth_state_dict(self.manifest, salt=self.salt)
 
 
 TOLERANCE = {  # golden README, section 7: (max abs, mean abs)
