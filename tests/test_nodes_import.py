@@ -3,6 +3,7 @@ metadata that keeps the contract saved workflows rely on."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,8 @@ mod = importlib.util.module_from_spec(spec)
 sys.modules[name] = mod
 spec.loader.exec_module(mod)
 new = {m.split(".")[0] for m in set(sys.modules) - before} - {name}
-print(json.dumps({"not_stdlib": sorted(new - set(sys.stdlib_module_names)), "entrypoint": callable(getattr(mod, "comfy_entrypoint", None)),
+print(json.dumps({"not_stdlib": sorted(new - set(sys.stdlib_module_names)),
+                  "entrypoint": callable(getattr(mod, "comfy_entrypoint", None)),
                   "legacy": hasattr(mod, "NODE_CLASS_MAPPINGS"),
                   "heavy": sorted(m for m in ("torch", "comfy_api", "folder_paths") if m in sys.modules)}))
 """
@@ -42,6 +44,32 @@ def test_root_import_imports_nothing_but_the_standard_library():
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["entrypoint"] and not info["legacy"]   # V3 only: a NODE_CLASS_MAPPINGS would win over it
     assert info["heavy"] == [] and info["not_stdlib"] == []
+
+
+RUNTIME_IMPORTS = r"""
+import sys
+import codeformer_core, codeformer_core.pipeline, codeformer_core.cli, codeformer_core.models.loader
+import codeformer_core.faces.detect, codeformer_core.faces.paste, codeformer_core.io.upscale
+from codeformer_core.cli import main
+main(["restore", "--help"])
+print(sorted(m for m in sys.modules if m.startswith("codeformer_core.dev")))
+"""
+
+
+IMPORTS_DEV = re.compile(r"^\s*(from\s+(\.+dev\b|codeformer_core\.dev\b|\.+\s+import\s+dev\b)"
+                         r"|import\s+codeformer_core\.dev\b)", re.MULTILINE)
+
+
+def test_run_time_code_never_imports_dev():
+    """codeformer_core/dev/ (benchmarks, golden data) is for tests and tools only."""
+    out = subprocess.run([sys.executable, "-c", RUNTIME_IMPORTS], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    hits = [str(p.relative_to(ROOT)) for d in ("codeformer_core", "nodes") for p in (ROOT / d).rglob("*.py")
+            if "dev" not in p.relative_to(ROOT).parts
+            and IMPORTS_DEV.search(p.read_text())]
+    assert hits == [], hits
 
 
 def test_comfyui_registers_every_node_once(comfyui):
