@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import helpers
 from helpers import COMFYUI_DIR, DATA, NODE_IDS, ROOT, Golden, cache_model_loading, write_synthetic_models
 
 torch.set_grad_enabled(False)
@@ -147,6 +148,26 @@ def progress(comfyui):
                                                events.append((value, total)))
     yield events
     comfyui.utils.set_progress_bar_global_hook(None)
+
+
+@pytest.fixture(scope="session")
+def align_paste_golden() -> dict:
+    """Alignment and paste-back golden data (helpers.align_paste_golden). The CodeFormer golden
+    cases are the ``golden`` fixture; RetinaFace's and ParseNet's are helpers.retinaface_golden and
+    helpers.parsenet_golden."""
+    return helpers.align_paste_golden()
+
+
+@pytest.fixture(scope="session")
+def astronaut_rgb() -> np.ndarray:
+    """helpers.astronaut(): 512x512x3 uint8 RGB."""
+    return helpers.astronaut()
+
+
+@pytest.fixture(scope="session")
+def astronaut_frame() -> torch.Tensor:
+    """helpers.astronaut_frame(): the pipeline frame batch [1,3,512,512] float 0..1."""
+    return helpers.astronaut_frame()
 
 
 @pytest.fixture(scope="session")

@@ -140,10 +140,27 @@ def cache_model_loading(monkeypatch) -> None:
 
 
 def astronaut(size=None) -> np.ndarray:
+    """The one astronaut: HxWx3 uint8 RGB, 512x512 (tests/data/face_golden/astronaut_rgb.png, the
+    image the face golden data were made from; equal to skimage.data.astronaut()), or resized to
+    ``size`` (cv2 order: (width, height)). Layouts for the networks: ``astronaut_frame`` (pipeline
+    frame [1,3,512,512] float), ``astronaut_bgr`` (RetinaFace reference input); the ComfyUI IMAGE of
+    tests/data/astronaut.png (256 px) is the ``astronaut_image`` fixture."""
+    from PIL import Image
+    img = np.asarray(Image.open(FACE / "astronaut_rgb.png").convert("RGB")).copy()
+    if size is None:
+        return img
     import cv2
-    from skimage import data
-    img = data.astronaut()
-    return img if size is None else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def astronaut_frame() -> torch.Tensor:
+    """The astronaut as a pipeline frame batch: [1,3,512,512] RGB float 0..1."""
+    return torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
+
+
+def astronaut_bgr() -> np.ndarray:
+    """The astronaut as the RetinaFace reference reads it: 512x512x3 BGR float32 0..255."""
+    return np.ascontiguousarray(astronaut()[:, :, ::-1].astype(np.float32))
 
 
 def aligned_face(size: int = 128) -> np.ndarray:
@@ -153,8 +170,27 @@ def aligned_face(size: int = 128) -> np.ndarray:
 
 
 def data_face() -> np.ndarray:
-    from skimage import data
-    return data.astronaut()[10:290, 130:410]
+    return astronaut()[10:290, 130:410]
+
+
+# Golden data of the face networks (tests/data/face_golden, FACE_NETS.md), one loader per file set.
+# The CodeFormer golden cases are ``Golden`` (codeformer_core/dev/golden.py, the ``golden`` fixture).
+def align_paste_golden() -> dict:
+    """retinaface_align_paste.npz: alignment and paste-back golden (landmarks, affines, crops, pastes)."""
+    z = np.load(FACE / "retinaface_align_paste.npz")
+    return {k: z[k] for k in z.files}
+
+
+def retinaface_golden(tag: str) -> dict:
+    """retinaface_{tag}.npz (tag: resnet50 or mobile0.25): RetinaFace heads and detections."""
+    z = np.load(FACE / f"retinaface_{tag}.npz")
+    return {k: z[k] for k in z.files}
+
+
+def parsenet_golden() -> dict:
+    """parsenet.npz: ParseNet outputs on the golden crop."""
+    z = np.load(FACE / "parsenet.npz")
+    return {k: z[k] for k in z.files}
 
 
 def make_video(path: Path, frames: list, fps: int = 12, audio: bool = True, sample_rate: int = 16000,
