@@ -208,7 +208,7 @@ def section_bench(run: Run, args):
     res = bench_model.forward_grid(codeformer_sd(), dev, dtypes, layouts, batches, quick=args.quick,
                                    keep_going=lambda: run.left() >= args.reserve_s,
                                    log=lambda *p: run.log(*(json.dumps(x) if isinstance(x, dict) else x for x in p)))
-    rows = [(r["dtype"], "on" if r["channels_last"] else "off", r["batch"], fmt(r.get("faces_s"), ".1f"),
+    rows = [(r["dtype"], "on" if r["channels_last"] else "off", r["batch"], fmt(r.get("faces_s"), ".3g"),
              fmt(r.get("s_per_call", float("nan")) * 1e3, ".1f"), fmt(r.get("peak_mib"), ".0f"),
              "" if r.get("finite", True) and "error" not in r else r.get("error", "NaN/inf")) for r in res]
     run.results["bench"] = res
@@ -281,8 +281,8 @@ def section_pipeline(run: Run, args):
         r = dict(case=name, dtype=dtype, **r)
         res.append(r)
         run.log("pipeline", json.dumps(r))
-        rows.append((name, dtype, r["frames"], r["faces"], batch, f"{r['seconds']:.3f}", f"{r['faces_s']:.1f}",
-                     f"{r['frames_s']:.1f}"))
+        rows.append((name, dtype, r["frames"], r["faces"], batch, f"{r['seconds']:.3f}", f"{r['faces_s']:.3g}",
+                     f"{r['frames_s']:.3g}"))
         st = r["stages_s"]
         total = sum(st.values())
         stage_rows.append((name, *(f"{1e3 * v:.0f} ({100 * v / total:.0f}%)" for v in st.values()),
