@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from codeformer_core.dev.golden import Golden  # noqa: F401  (the one golden loader, shared with tools/)
 from codeformer_core.dev.synthetic import synth_state_dict
 
 VARIANT_NAMES = ("restoration", "colorization", "inpainting")
@@ -82,44 +83,6 @@ def write_synthetic_models(root: Path) -> Path:
     return root
 
 
-class Golden:
-    """One golden case, from the repository's subsampled copy or a full set given by
-    ``CODEFORMER_GOLDEN_DIR`` (same format as ``shared/golden``; ``CODEFORMER_GOLDEN_SALT``)."""
-
-    def __init__(self, variant: str):
-        full_dir = os.environ.get("CODEFORMER_GOLDEN_DIR")
-        self.variant = variant
-        self.salt = int(os.environ.get("CODEFORMER_GOLDEN_SALT", "0"))
-        if full_dir:
-            z = np.load(Path(full_dir) / f"{variant}.npz")
-            self.arrays = {k: z[k] for k in z.files}
-            self.x = self.arrays["x"]
-            self.stride = 1
-            self.manifest = json.loads((Path(full_dir) / f"manifest_{variant}.json").read_text())
-        else:
-            z = np.load(DATA / "golden" / f"{variant}.npz")
-            self.arrays = {k.replace("_s4", ""): z[k] for k in z.files}
-            # x is stored as the uint8 image it was made from; this is bit-exact.
-            u8 = self.arrays.pop("x_u8")
-            self.x = ((u8 / 255).astype(np.float32) - np.float32(0.5)) / np.float32(0.5)
-            self.stride = 4
-            self.manifest = json.loads((DATA / "golden" / f"manifest_{variant}.json").read_text())
-
-    @property
-    def ws(self):
-        return sorted(float(k[5:]) for k in self.arrays if k.startswith("out_w"))
-
-    def out(self, w: float) -> np.ndarray:
-        return self.arrays[f"out_w{w}"]
-
-    def sample(self, out: np.ndarray) -> np.ndarray:
-        """Bring a full-size model output onto the stored grid."""
-        return out[..., :: self.stride, :: self.stride]
-
-    def state_dict(self):
-        return synth_state_dict(self.manifest, salt=self.salt)
-
-
 TOLERANCE = {  # golden README, section 7: (max abs, mean abs)
     "lq_feat": (1e-4, 5e-6), "logits": (3e-4, 3e-5), "quant_feat": (1e-4, 5e-6), "out": (1e-4, 5e-6),
 }
@@ -177,10 +140,27 @@ def cache_model_loading(monkeypatch) -> None:
 
 
 def astronaut(size=None) -> np.ndarray:
+    """The one astronaut: HxWx3 uint8 RGB, 512x512 (tests/data/face_golden/astronaut_rgb.png, the
+    image the face golden data were made from; equal to skimage.data.astronaut()), or resized to
+    ``size`` (cv2 order: (width, height)). Layouts for the networks: ``astronaut_frame`` (pipeline
+    frame [1,3,512,512] float), ``astronaut_bgr`` (RetinaFace reference input); the ComfyUI IMAGE of
+    tests/data/astronaut.png (256 px) is the ``astronaut_image`` fixture."""
+    from PIL import Image
+    img = np.asarray(Image.open(FACE / "astronaut_rgb.png").convert("RGB")).copy()
+    if size is None:
+        return img
     import cv2
-    from skimage import data
-    img = data.astronaut()
-    return img if size is None else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def astronaut_frame() -> torch.Tensor:
+    """The astronaut as a pipeline frame batch: [1,3,512,512] RGB float 0..1."""
+    return torch.from_numpy(astronaut()).permute(2, 0, 1).float()[None] / 255
+
+
+def astronaut_bgr() -> np.ndarray:
+    """The astronaut as the RetinaFace reference reads it: 512x512x3 BGR float32 0..255."""
+    return np.ascontiguousarray(astronaut()[:, :, ::-1].astype(np.float32))
 
 
 def aligned_face(size: int = 128) -> np.ndarray:
@@ -190,8 +170,27 @@ def aligned_face(size: int = 128) -> np.ndarray:
 
 
 def data_face() -> np.ndarray:
-    from skimage import data
-    return data.astronaut()[10:290, 130:410]
+    return astronaut()[10:290, 130:410]
+
+
+# Golden data of the face networks (tests/data/face_golden, FACE_NETS.md), one loader per file set.
+# The CodeFormer golden cases are ``Golden`` (codeformer_core/dev/golden.py, the ``golden`` fixture).
+def align_paste_golden() -> dict:
+    """retinaface_align_paste.npz: alignment and paste-back golden (landmarks, affines, crops, pastes)."""
+    z = np.load(FACE / "retinaface_align_paste.npz")
+    return {k: z[k] for k in z.files}
+
+
+def retinaface_golden(tag: str) -> dict:
+    """retinaface_{tag}.npz (tag: resnet50 or mobile0.25): RetinaFace heads and detections."""
+    z = np.load(FACE / f"retinaface_{tag}.npz")
+    return {k: z[k] for k in z.files}
+
+
+def parsenet_golden() -> dict:
+    """parsenet.npz: ParseNet outputs on the golden crop."""
+    z = np.load(FACE / "parsenet.npz")
+    return {k: z[k] for k in z.files}
 
 
 def make_video(path: Path, frames: list, fps: int = 12, audio: bool = True, sample_rate: int = 16000,

@@ -37,23 +37,12 @@ def _image_rule(ours, ref, max_abs, max_mean, max_frac_over1):
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return np.load(os.path.join(DATA, "retinaface_align_paste.npz"))
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    skdata = pytest.importorskip("skimage.data")
-    return skdata.astronaut()
-
-
-@pytest.fixture(scope="module")
-def aligned(golden, astronaut):
+def aligned(align_paste_golden, astronaut_rgb):
     """Both golden cases aligned once: {name: FaceBatch}."""
-    r0, r1, c0, c1 = (int(v) for v in golden["edge_box_rows_cols"])
+    r0, r1, c0, c1 = (int(v) for v in align_paste_golden["edge_box_rows_cols"])
     out = {}
-    for name, img, lm in (("main", astronaut, golden["landmarks"]),
-                          ("edge", astronaut[r0:r1, c0:c1], golden["edge_landmarks"])):
+    for name, img, lm in (("main", astronaut_rgb, align_paste_golden["landmarks"]),
+                          ("edge", astronaut_rgb[r0:r1, c0:c1], align_paste_golden["edge_landmarks"])):
         out[name] = align_faces(_to_tensor(img), torch.tensor(lm, dtype=torch.float32)[None],
                                 torch.tensor([0]))
     return out
@@ -66,17 +55,17 @@ def test_template():
 
 
 @pytest.mark.parametrize("case,key", [("main", "affine"), ("edge", "edge_affine")])
-def test_affine_matches_golden(aligned, golden, case, key):
+def test_affine_matches_golden(aligned, align_paste_golden, case, key):
     a = aligned[case].affines[0].double().numpy()
     assert a.dtype == np.float64 and aligned[case].affines.dtype == torch.float32
-    assert np.abs(a - golden[key]).max() <= 1e-4
+    assert np.abs(a - align_paste_golden[key]).max() <= 1e-4
 
 
-def test_inverse_matches_golden(aligned, golden):
+def test_inverse_matches_golden(aligned, align_paste_golden):
     inv = aligned["main"].inverse_affines[0].double().numpy()
-    assert np.abs(inv - golden["inv_affine_x1"]).max() <= 1e-4
+    assert np.abs(inv - align_paste_golden["inv_affine_x1"]).max() <= 1e-4
     # and the generic inverse really inverts
-    a = torch.tensor(golden["affine"], dtype=torch.float32)[None]
+    a = torch.tensor(align_paste_golden["affine"], dtype=torch.float32)[None]
     row = torch.tensor([[0, 0, 1.0]], dtype=torch.float64)
     ident = torch.cat([a[0].double(), row]) @ torch.cat([invert_affine(a)[0].double(), row])
     assert torch.allclose(ident, torch.eye(3, dtype=torch.float64), atol=1e-4)
@@ -113,10 +102,10 @@ def test_facebatch_fields(aligned):
     assert 150 < x2 - x1 < 200
 
 
-def test_crop_size_256(aligned, golden, astronaut):
+def test_crop_size_256(aligned, align_paste_golden, astronaut_rgb):
     """Smaller crops use the scaled template: same face, half resolution."""
-    fb = align_faces(_to_tensor(astronaut), torch.tensor(golden["landmarks"], dtype=torch.float32)[None],
-                     torch.tensor([0]), size=256)
+    lm = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)[None]
+    fb = align_faces(_to_tensor(astronaut_rgb), lm, torch.tensor([0]), size=256)
     assert fb.crops.shape == (1, 3, 256, 256)
     a512 = aligned["main"].affines[0].double()
     assert torch.allclose(fb.affines[0].double(), a512 / 2, atol=1e-4)
@@ -134,8 +123,8 @@ def _lstsq_similarity(src, dst):
     return np.array([[a, -b, tx], [b, a, ty]])
 
 
-def test_robust_fit_drops_one_outlier(golden):
-    lm = golden["landmarks"].astype(np.float64)
+def test_robust_fit_drops_one_outlier(align_paste_golden):
+    lm = align_paste_golden["landmarks"].astype(np.float64)
     tm = FFHQ_TEMPLATE_512.numpy()
     bad = lm.copy()
     bad[3] += np.array([0.7, 0.7]) * EYE_DIST          # mouth corner ~ one eye distance off
@@ -150,10 +139,10 @@ def test_robust_fit_drops_one_outlier(golden):
     assert np.abs(good - _lstsq_similarity(lm, tm)).max() < 1e-4
 
 
-def test_robust_fit_agrees_with_opencv_lmeds(golden):
+def test_robust_fit_agrees_with_opencv_lmeds(align_paste_golden):
     cv2 = pytest.importorskip("cv2")
     rng = np.random.default_rng(7)
-    lm0 = golden["landmarks"]
+    lm0 = align_paste_golden["landmarks"]
     tm = FFHQ_TEMPLATE_512.numpy()
     lms, refs = [], []
     for i in range(40):
@@ -181,11 +170,11 @@ def test_no_reflection():
     assert torch.linalg.det(a[:, :2]) > 0
 
 
-def test_batched_warp_two_frames(astronaut, golden):
+def test_batched_warp_two_frames(astronaut_rgb, align_paste_golden):
     """Faces of different frames in one call; each crop equals its single-face warp."""
-    img = _to_tensor(astronaut)
+    img = _to_tensor(astronaut_rgb)
     frames = torch.cat([img, img.flip(-1)])
-    lm = torch.tensor(golden["landmarks"], dtype=torch.float32)
+    lm = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)
     lm_flip = lm.clone()
     lm_flip[:, 0] = 511 - lm_flip[:, 0]
     lm_flip = lm_flip[[1, 0, 2, 4, 3]]                # image left/right swap under the mirror
@@ -198,14 +187,14 @@ def test_batched_warp_two_frames(astronaut, golden):
     assert (fb.crops[1].flip(-1) - fb.crops[0]).abs().mean() < 0.02
 
 
-def test_gray_detection(astronaut, golden):
-    img = _to_tensor(astronaut)
+def test_gray_detection(astronaut_rgb, align_paste_golden):
+    img = _to_tensor(astronaut_rgb)
     gray = img.mean(1, keepdim=True).expand(-1, 3, -1, -1).contiguous()
     assert detect_gray_frames(torch.cat([img, gray])).tolist() == [False, True]
     spot = gray.clone()
     spot[0, 0, 301, 203] += 0.1                      # one coloured pixel off the 1/8 grid
     assert detect_gray_frames(torch.cat([spot, gray])).tolist() == [False, True]
-    lm = torch.tensor(golden["landmarks"], dtype=torch.float32)[None].expand(2, 5, 2)
+    lm = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)[None].expand(2, 5, 2)
     fb = align_faces(torch.cat([img, gray]), lm, torch.tensor([0, 1]))
     assert fb.gray.tolist() == [False, True]
     assert torch.equal(fb.crops[1, 0], fb.crops[1, 1]) and torch.equal(fb.crops[1, 1], fb.crops[1, 2])
@@ -213,8 +202,8 @@ def test_gray_detection(astronaut, golden):
     assert fb2.gray.tolist() == [True, True]
 
 
-def test_empty_and_errors(astronaut):
-    img = _to_tensor(astronaut)
+def test_empty_and_errors(astronaut_rgb):
+    img = _to_tensor(astronaut_rgb)
     fb = align_faces(img, torch.zeros(0, 5, 2), torch.zeros(0, dtype=torch.long))
     assert len(fb) == 0 and fb.crops.shape == (0, 3, 512, 512) and fb.num_frames == 1
     with pytest.raises(ValueError):

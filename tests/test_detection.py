@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from codeformer_core.faces.detect import Detections, FaceDetector, load_detector, select_faces
 from codeformer_core.dev.synthetic import synth_state_dict
+from helpers import retinaface_golden
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 NETS = {"resnet50": "resnet50", "mobilenet0.25": "mobile0.25"}
@@ -23,10 +23,9 @@ def manifest(tag: str):
 
 
 @pytest.fixture(scope="module")
-def astronaut() -> torch.Tensor:
-    """[3,512,512] RGB float 0..1, the pipeline's frame format."""
-    rgb = np.asarray(Image.open(DATA / "astronaut_rgb.png"))
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255
+def face_frame(astronaut_frame) -> torch.Tensor:
+    """The astronaut as one frame, [3,512,512] RGB float 0..1."""
+    return astronaut_frame[0]
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +41,15 @@ def mobile(detectors):
 
 @pytest.fixture(scope="module")
 def golden_settings():
-    z = np.load(DATA / "retinaface_mobile0.25.npz")
+    z = retinaface_golden("mobile0.25")
     return dict(conf_threshold=float(z["conf_threshold"]), nms_threshold=float(z["nms_threshold"]))
 
 
 @pytest.fixture(scope="module")
-def batch(astronaut):
+def batch(face_frame):
     """Four small non-square frames (240 x 272, cheap on CPU); frame 1 is flat gray, which
     scores below the golden threshold everywhere."""
-    frame = F.interpolate(astronaut[CROP][None], size=(240, 272), mode="area")[0]
+    frame = F.interpolate(face_frame[CROP][None], size=(240, 272), mode="area")[0]
     return torch.stack([frame, torch.full_like(frame, 0.5), frame.flip(-1), frame * 0.8])
 
 
@@ -62,9 +61,9 @@ def batch_all(mobile, batch, golden_settings):
 
 @pytest.mark.parametrize("backbone", NETS)
 @pytest.mark.parametrize("case", ("full", "crop"))
-def test_golden_detections(detectors, astronaut, backbone, case):
-    ref = np.load(DATA / f"retinaface_{NETS[backbone]}.npz")
-    frame = astronaut[CROP] if case == "crop" else astronaut
+def test_golden_detections(detectors, face_frame, backbone, case):
+    ref = retinaface_golden(NETS[backbone])
+    frame = face_frame[CROP] if case == "crop" else face_frame
     dets = detectors[backbone].detect(frame[None], conf_threshold=float(ref["conf_threshold"]),
                                       nms_threshold=float(ref["nms_threshold"]), resolution=None,
                                       sort_by="confidence")
@@ -105,9 +104,9 @@ def test_no_detections(mobile, batch, golden_settings):
     assert len(mobile.detect(batch[:0])) == 0
 
 
-def test_resolution_maps_back_to_frame_pixels(mobile, astronaut, golden_settings):
+def test_resolution_maps_back_to_frame_pixels(mobile, face_frame, golden_settings):
     """Detecting at short side 256 = detecting on the 2x area-downscaled frame, coordinates x2."""
-    frame = astronaut[CROP]  # 400 x 452 -> 256 x 289
+    frame = face_frame[CROP]  # 400 x 452 -> 256 x 289
     low = F.interpolate(frame[None], size=(256, 289), mode="area")
     want = mobile.detect(low, resolution=None, sort_by="confidence", **golden_settings)
     got = mobile.detect(frame[None], resolution=256, sort_by="confidence", **golden_settings)

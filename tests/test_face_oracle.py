@@ -46,9 +46,8 @@ def _ours_order(points):
 
 
 @pytest.fixture(scope="module")
-def detected():
-    skdata = pytest.importorskip("skimage.data")
-    img = skdata.astronaut()
+def detected(astronaut_rgb):
+    img = astronaut_rgb
     two = np.ascontiguousarray(np.concatenate([img, img[:, ::-1]], 1))   # 512 x 1024, 2 faces
     mtcnn = _import_mtcnn()(keep_all=True, device="cpu")
     with torch.no_grad():

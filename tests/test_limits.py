@@ -113,6 +113,52 @@ def test_nested_loops_retry_outer_chunks_first():
     assert outer_sizes[:3] == [4, 2, 1]
 
 
+REAL_REFUSAL = r"""
+import json, resource, sys
+import torch
+from codeformer_core.chunks import run_in_chunks
+from codeformer_core.errors import NotEnoughMemoryError
+MiB = 2 ** 20
+with open("/proc/self/status") as f:
+    vm = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+# address space for what is mapped now plus 768 MiB: a 512 MiB item fits, two do not
+resource.setrlimit(resource.RLIMIT_AS, (vm + 768 * MiB, resource.RLIM_INFINITY))
+sizes, errors = [], []
+def step(start, stop, item=512 * MiB):
+    sizes.append(stop - start)
+    try:
+        t = torch.empty((stop - start) * item, dtype=torch.uint8)
+    except BaseException as e:
+        errors.append(type(e).__name__ + ": " + str(e)[:300])
+        raise
+    t.fill_(1)  # touched: the memory is really there
+    return int(t.numel())
+out = run_in_chunks(4, 4, step)
+try:
+    run_in_chunks(1, 1, lambda a, b: step(a, b, item=2048 * MiB), describe=lambda i: "the huge item")
+    alone = "no error"
+except NotEnoughMemoryError as e:
+    alone = str(e)
+print(json.dumps({"sizes": sizes, "out": out, "errors": errors, "alone": alone}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc (RLIMIT_AS)")
+def test_chunk_loop_halves_on_a_real_cpu_allocation_failure():
+    """Not a hand-written message: a subprocess with a capped address space, where a chunk's
+    allocation really fails in PyTorch's CPU allocator; the loop halves until one item fits."""
+    import subprocess
+    import sys
+    p = subprocess.run([sys.executable, "-c", REAL_REFUSAL], capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert r["sizes"] == [4, 2, 1, 1, 1, 1] + [1], r  # halved to one item and kept; then the huge item
+    assert r["out"] == [512 * 2 ** 20] * 4
+    assert len(r["errors"]) == 3 and all("can't allocate memory" in e for e in r["errors"]), r["errors"]
+    assert r["alone"] == "not enough memory for the huge item, even on its own"
+
+
 # ----------------------------------------------------------------------------- memory budget
 def test_parse_memory():
     assert parse_memory("3G") == 3 * 2 ** 30

@@ -3,6 +3,7 @@ metadata that keeps the contract saved workflows rely on."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,29 +18,58 @@ FILE_COMBOS = {("CodeFormerModelLoader", "model_name"), ("CodeFormerFaceDetector
                ("CodeFormerFaceDetectorLoader", "parsing_model")}
 
 IMPORT_ROOT = r"""
-import importlib.util, json, os, sys, time
+import importlib.util, json, os, sys
 root = sys.argv[1]
-t = time.perf_counter()
+before = set(sys.modules)
 # As ComfyUI's load_custom_node does: a package named after the path, loaded from __init__.py.
 name = root.replace(".", "_x_")
 spec = importlib.util.spec_from_file_location(name, os.path.join(root, "__init__.py"))
 mod = importlib.util.module_from_spec(spec)
 sys.modules[name] = mod
 spec.loader.exec_module(mod)
-print(json.dumps({"seconds": time.perf_counter() - t, "entrypoint": callable(getattr(mod, "comfy_entrypoint", None)),
+new = {m.split(".")[0] for m in set(sys.modules) - before} - {name}
+print(json.dumps({"not_stdlib": sorted(new - set(sys.stdlib_module_names)),
+                  "entrypoint": callable(getattr(mod, "comfy_entrypoint", None)),
                   "legacy": hasattr(mod, "NODE_CLASS_MAPPINGS"),
                   "heavy": sorted(m for m in ("torch", "comfy_api", "folder_paths") if m in sys.modules)}))
 """
 
 
-def test_root_import_is_fast_and_imports_nothing():
-    """Outside ComfyUI (no comfy_api on the path) the root imports; nothing heavy until ComfyUI calls it."""
+def test_root_import_imports_nothing_but_the_standard_library():
+    """Outside ComfyUI (no comfy_api on the path) the root imports; nothing heavy until ComfyUI calls it
+    (what it costs is in the structure, not a wall-clock bound: only standard-library modules load)."""
     out = subprocess.run([sys.executable, "-c", IMPORT_ROOT, str(ROOT)], capture_output=True, text=True,
                          cwd="/", timeout=60)
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert info["entrypoint"] and not info["legacy"]   # V3 only: a NODE_CLASS_MAPPINGS would win over it
-    assert info["heavy"] == [] and info["seconds"] < 0.5
+    assert info["heavy"] == [] and info["not_stdlib"] == []
+
+
+RUNTIME_IMPORTS = r"""
+import sys
+import codeformer_core, codeformer_core.pipeline, codeformer_core.cli, codeformer_core.models.loader
+import codeformer_core.faces.detect, codeformer_core.faces.paste, codeformer_core.io.upscale
+from codeformer_core.cli import main
+main(["restore", "--help"])
+print(sorted(m for m in sys.modules if m.startswith("codeformer_core.dev")))
+"""
+
+
+IMPORTS_DEV = re.compile(r"^\s*(from\s+(\.+dev\b|codeformer_core\.dev\b|\.+\s+import\s+dev\b)"
+                         r"|import\s+codeformer_core\.dev\b)", re.MULTILINE)
+
+
+def test_run_time_code_never_imports_dev():
+    """codeformer_core/dev/ (benchmarks, golden data) is for tests and tools only."""
+    out = subprocess.run([sys.executable, "-c", RUNTIME_IMPORTS], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    hits = [str(p.relative_to(ROOT)) for d in ("codeformer_core", "nodes") for p in (ROOT / d).rglob("*.py")
+            if "dev" not in p.relative_to(ROOT).parts
+            and IMPORTS_DEV.search(p.read_text())]
+    assert hits == [], hits
 
 
 def test_comfyui_registers_every_node_once(comfyui):
@@ -49,7 +79,10 @@ def test_comfyui_registers_every_node_once(comfyui):
     assert ours == sorted(NODE_IDS)
     for node_id in NODE_IDS:
         assert n.NODE_DISPLAY_NAME_MAPPINGS[node_id] == CONTRACT[node_id]["display_name"]
-    assert comfyui.load_seconds < 2.0     # torch is already loaded inside ComfyUI: this is the pack itself
+    # loading the pack builds no network and reads no weight file (they load when a workflow runs);
+    # the time is a bound far above the measured ~0.4 s (CPU), only to catch a gross regression
+    assert comfyui.load_built == [] and comfyui.load_read == []
+    assert comfyui.load_seconds < 10.0
 
 
 def test_model_folders_registered(comfyui):

@@ -18,6 +18,7 @@ from codeformer_core.errors import CheckpointError
 from codeformer_core.models.registry import load_network
 from codeformer_core.models.parsenet import NUM_CLASSES, ParseNet, load_parsenet, parse_faces
 from codeformer_core.dev.synthetic import synth_state_dict
+from helpers import parsenet_golden
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 
@@ -35,8 +36,8 @@ def assert_close(name, got, want, max_tol, mean_tol):
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return np.load(DATA / "parsenet.npz")
+def parse_golden():
+    return parsenet_golden()
 
 
 @pytest.fixture(scope="module")
@@ -80,20 +81,20 @@ def test_state_dict_matches_manifest(net):
     assert not net.training and not any(p.requires_grad for p in net.parameters())
 
 
-def test_logits_and_image(forward, golden):
+def test_logits_and_image(forward, parse_golden):
     _, logits, image = forward
     assert logits.shape == (1, NUM_CLASSES, 512, 512) and image.shape == (1, 3, 512, 512)
-    grid = golden["grid"]
-    assert_close("logits grid", on_grid(logits, grid), golden["logits_f32_grid"], 2e-4, 2e-5)
-    assert_close("out_img grid", on_grid(image, grid), golden["out_img_f32_grid"], 2e-3, 2e-4)
+    grid = parse_golden["grid"]
+    assert_close("logits grid", on_grid(logits, grid), parse_golden["logits_f32_grid"], 2e-4, 2e-5)
+    assert_close("out_img grid", on_grid(image, grid), parse_golden["out_img_f32_grid"], 2e-3, 2e-4)
 
 
-def test_parse_faces_labels(forward, golden):
+def test_parse_faces_labels(forward, parse_golden):
     labels, logits, _ = forward
     assert labels.shape == (1, 512, 512) and labels.dtype == torch.int64
     assert torch.equal(labels, logits.argmax(dim=1))
-    wrong = np.flatnonzero(labels[0].numpy().ravel() != golden["labels"].ravel())
-    assert np.isin(wrong, golden["ambiguous_flat_idx"]).all(), f"{wrong.size} label(s) differ outside the ambiguous set"
+    wrong = np.flatnonzero(labels[0].numpy().ravel() != parse_golden["labels"].ravel())
+    assert np.isin(wrong, parse_golden["ambiguous_flat_idx"]).all(), f"{wrong.size} label(s) differ outside the ambiguous set"
 
 
 class _ChannelProbe(nn.Module):

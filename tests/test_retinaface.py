@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from codeformer_core.errors import CheckpointError
 from codeformer_core.models.registry import detect
@@ -19,6 +18,7 @@ from codeformer_core.models.registry import load_network
 from codeformer_core.models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks,
                                                load_retinaface, prior_boxes)
 from codeformer_core.dev.synthetic import synth_state_dict
+from helpers import astronaut_bgr, retinaface_golden
 
 DATA = Path(__file__).parent / "data" / "face_golden"
 NETS = {"resnet50": "resnet50", "mobilenet0.25": "mobile0.25"}  # backbone -> golden file tag
@@ -30,15 +30,15 @@ def manifest(tag: str):
     return json.loads((DATA / f"retinaface_manifest_{tag}.json").read_text())
 
 
-def astronaut_bgr(case: str) -> np.ndarray:
-    rgb = np.asarray(Image.open(DATA / "astronaut_rgb.png"))
-    img = rgb[:, :, ::-1].astype(np.float32)
+def case_bgr(case: str) -> np.ndarray:
+    """The golden input of ``case``: the whole astronaut or its crop, BGR float32 (helpers.astronaut_bgr)."""
+    img = astronaut_bgr()
     return np.ascontiguousarray(img[CROP] if case == "crop" else img)
 
 
 def network_input(case: str) -> torch.Tensor:
     """The reference preprocessing: BGR float32 minus (104, 117, 123), NCHW, no resize."""
-    img = astronaut_bgr(case) - np.array([104, 117, 123], np.float32)
+    img = case_bgr(case) - np.array([104, 117, 123], np.float32)
     return torch.from_numpy(img).permute(2, 0, 1)[None].contiguous()
 
 
@@ -52,8 +52,8 @@ def assert_close(name, got, want, max_tol, mean_tol):
 
 
 @pytest.fixture(scope="module")
-def golden():
-    return {backbone: np.load(DATA / f"retinaface_{tag}.npz") for backbone, tag in NETS.items()}
+def retinaface_goldens():
+    return {backbone: retinaface_golden(tag) for backbone, tag in NETS.items()}
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +94,9 @@ def test_priors(case):
 
 @pytest.mark.parametrize("backbone", NETS)
 @pytest.mark.parametrize("case", CASES)
-def test_raw_outputs(outputs, golden, backbone, case):
+def test_raw_outputs(outputs, retinaface_goldens, backbone, case):
     loc, conf, landms = outputs[backbone, case]
-    ref = golden[backbone]
+    ref = retinaface_goldens[backbone]
     stride = int(ref["raw_stride"])
     assert loc.shape[0] == prior_boxes(*network_input(case).shape[-2:]).shape[0]
     assert_close(f"{backbone} {case} loc", loc[::stride], ref[f"{case}_loc"], 1e-4, 1e-5)
@@ -106,10 +106,10 @@ def test_raw_outputs(outputs, golden, backbone, case):
 
 @pytest.mark.parametrize("backbone", NETS)
 @pytest.mark.parametrize("case", CASES)
-def test_decode_threshold_nms(outputs, golden, backbone, case):
+def test_decode_threshold_nms(outputs, retinaface_goldens, backbone, case):
     """Decode every prior, keep score > threshold, NMS: the reference's rows in its order."""
     loc, conf, landms = outputs[backbone, case]
-    ref = golden[backbone]
+    ref = retinaface_goldens[backbone]
     height, width = network_input(case).shape[-2:]
     priors = prior_boxes(height, width)
     boxes = decode_boxes(loc, priors) * torch.tensor([width, height] * 2, dtype=torch.float32)

@@ -19,8 +19,11 @@ Sections (``--sections``, comma separated; default all):
             and after the run and after ComfyUI's /free
   compile   torch.compile (default mode) of the forward for fp16/bf16 at batch 32/64, time-capped
 
-Weights are the golden synthetic formula (codeformer_core/dev/synthetic.py): speed does not depend on
-the values, and synthetic detectors need conf_threshold 0.7. Everything is printed and also written
+The figures come from the benchmarks in codeformer_core/dev/ (bench_model: ceilings, forward grid,
+profile, compile; bench_precision: golden fidelity; bench_pipeline: pipeline cases and stages; golden:
+the golden loader); this script picks the plan, keeps the time budget and prints the tables. Weights are
+the golden synthetic formula (codeformer_core/dev/synthetic.py): speed does not depend on the values,
+and synthetic detectors need conf_threshold 0.7. Everything is printed and also written
 under --out (default $OUT or ./gpu_out): gpu_check.log, results.json, tables.md, pytest.log, profile.txt,
 comfy.json, compile.log (scratch files, the weight cache and the ComfyUI log, go to $GPU_CHECK_CACHE).
 """
@@ -31,7 +34,6 @@ import contextlib
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -41,11 +43,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-DATA = ROOT / "tests" / "data"
-FACE = DATA / "face_golden"
+from codeformer_core.dev import bench_model, bench_pipeline, bench_precision  # noqa: E402
+from codeformer_core.dev.golden import Golden, face_state_dict  # noqa: E402
+
 SCRATCH = Path(os.environ.get("GPU_CHECK_CACHE", "/tmp/gpu_check_cache"))  # files that need not come back
 ALL_SECTIONS = ("env", "pytest", "golden", "bench", "profile", "pipeline", "comfy", "compile")
 
@@ -96,8 +98,7 @@ _SD: dict = {}
 
 
 def golden_case(variant: str):
-    sys.path.insert(0, str(ROOT / "tests"))
-    from conftest import Golden  # the tests' own golden loader (repository copy or CODEFORMER_GOLDEN_DIR)
+    """The golden case (codeformer_core/dev/golden.py: the repository copy or CODEFORMER_GOLDEN_DIR)."""
     key = ("golden", variant)
     if key not in _SD:
         _SD[key] = Golden(variant)
@@ -119,20 +120,8 @@ def codeformer_sd(variant: str = "restoration"):
     return _SD[key]
 
 
-def face_sd(manifest: str):
-    from codeformer_core.dev.synthetic import synth_state_dict
-    key = ("face", manifest)
-    if key not in _SD:
-        _SD[key] = synth_state_dict(json.loads((FACE / manifest).read_text()), face=True)
-    return _SD[key]
-
-
 def load_cf(device, dtype, variant="restoration", channels_last=False):
-    from codeformer_core import load_model
-    model = load_model({"params_ema": codeformer_sd(variant)}, device=device, dtype=dtype)
-    if channels_last:
-        model.set_memory_format(torch.channels_last)
-    return model
+    return bench_model.build(codeformer_sd(variant), device, dtype, channels_last)
 
 
 def free(device):
@@ -156,35 +145,9 @@ def section_env(run: Run, args):
             info["driver"] = subprocess.run(
                 ["nvidia-smi", "--query-gpu=driver_version,clocks.sm,clocks.max.sm,power.limit,memory.used",
                  "--format=csv,noheader"], capture_output=True, text=True, timeout=20).stdout.strip()
-        # the two ceilings (METHOD.md): bf16 matrix product on random data, device-to-device copy
-        a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-        b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
-        ms = event_times(lambda: a @ b, 3, 10)
-        info["bf16_matmul_tflops"] = round(2 * 8192 ** 3 / (statistics.median(ms) / 1e3) / 1e12, 1)
-        src = torch.randn(2 ** 29, device=dev, dtype=torch.float32)  # 2 GiB
-        dst = torch.empty_like(src)
-        ms = event_times(lambda: dst.copy_(src), 2, 10)
-        info["copy_tb_s"] = round(2 * src.numel() * 4 / (statistics.median(ms) / 1e3) / 1e12, 2)
-        del a, b, src, dst
-        free(dev)
+        info.update(bench_model.device_ceilings(dev))  # the two ceilings (METHOD.md): bf16 matmul, copy
     run.results["env"] = info
     run.log("env:", json.dumps(info))
-
-
-def event_times(fn, warmup: int, repeats: int):
-    """Milliseconds per call (CUDA events around each call) after ``warmup`` calls."""
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(repeats):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return times
 
 
 def section_pytest(run: Run, args):
@@ -215,35 +178,10 @@ def section_golden(run: Run, args):
     variants = ["restoration"] if args.quick else list(GOLDEN_CASES)
     if args.quick:
         configs = [("fp32", False, False), ("bf16", False, True)]
-    rows, res = [], []
-    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    try:
-        for variant in variants:
-            g = golden_case(variant)
-            adain = variant != "inpainting"
-            x = torch.from_numpy(g.x).to(dev)
-            for dtype, tf32, cl in configs:
-                torch.backends.cuda.matmul.allow_tf32 = tf32
-                torch.backends.cudnn.allow_tf32 = tf32
-                model = load_cf(dev, dtype, variant, channels_last=cl)
-                for w in (0.5,) if args.quick else GOLDEN_CASES[variant]:
-                    out, logits, idx = model(x, w=w, adain=adain, return_codes=True)
-                    out = g.sample(out.float().cpu().numpy())
-                    err = np.abs(out.astype(np.float64) - g.out(w))
-                    lerr = np.abs(logits.float().cpu().numpy().astype(np.float64) - g.arrays["logits"])
-                    codes = float((idx.cpu().numpy() == g.arrays["idx"]).mean())
-                    strict = dtype == "fp32" and not tf32
-                    ok = (err.max() <= 1e-4 and err.mean() <= 5e-6 and codes == 1.0) if strict else \
-                        (codes >= 0.98 and err.mean() < 2e-2 and np.isfinite(out).all())
-                    name = dtype + ("+tf32" if tf32 else "") + (" CL" if cl else "")
-                    rows.append((variant, w, name, f"{codes:.1%}", f"{err.max():.2e}", f"{err.mean():.2e}",
-                                 f"{lerr.max():.2e}", "ok" if ok else "FAIL"))
-                    res.append(dict(variant=variant, w=w, config=name, codes=codes, out_max=float(err.max()),
-                                    out_mean=float(err.mean()), logits_max=float(lerr.max()), ok=bool(ok)))
-                del model
-                free(dev)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+    res = []
+    for variant in variants:
+        ws = (0.5,) if args.quick else GOLDEN_CASES[variant]
+        res += bench_precision.golden_fidelity(golden_case(variant), codeformer_sd(variant), dev, configs, ws)
     run.results["golden"] = res
     short = {}  # one row per variant and config: the worst over the w values
     for r in res:
@@ -258,40 +196,6 @@ def section_golden(run: Run, args):
                     "tests/test_cuda.py's half rule (codes >= 98 %, mean < 2e-2). CL = channels-last.")
 
 
-def measure_forward(model, x, batch, device, min_repeats=3, target_s=1.0, warmup=2):
-    """Median seconds per call (live per-sample w each call), peak MiB, and the output of the last call."""
-    dev = torch.device(device)
-    xb = x[:batch]
-    gen = torch.Generator(device=dev).manual_seed(batch)
-
-    def w_live():
-        return torch.rand(batch, device=dev, generator=gen) * 0.9 + 0.05
-
-    with torch.inference_mode():
-        for _ in range(warmup):
-            out = model(xb, w=w_live())
-        sync(dev)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        times = []
-        t_start = time.perf_counter()
-        while len(times) < min_repeats or (time.perf_counter() - t_start < target_s and len(times) < 20):
-            w = w_live()
-            if dev.type == "cuda":
-                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                s.record()
-                out = model(xb, w=w)
-                e.record()
-                e.synchronize()
-                times.append(s.elapsed_time(e) / 1e3)
-            else:
-                t0 = time.perf_counter()
-                out = model(xb, w=w)
-                times.append(time.perf_counter() - t0)
-        peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda" else float("nan")
-    return statistics.median(times), peak, out, len(times)
-
-
 def bench_plan(args):
     if args.quick:
         return ["fp32"], [False, True], [1]
@@ -301,34 +205,12 @@ def bench_plan(args):
 def section_bench(run: Run, args):
     dev = torch.device(args.device)
     dtypes, layouts, batches = bench_plan(args)
-    gen = torch.Generator().manual_seed(0)
-    x = (torch.rand(max(batches), 3, 512, 512, generator=gen) * 2 - 1).to(dev)
-    rows, res = [], []
-    for dtype in dtypes:
-        model = load_cf(dev, dtype)
-        for cl in layouts:
-            model.set_memory_format(torch.channels_last if cl else torch.contiguous_format)
-            for b in batches:
-                if run.left() < args.reserve_s:
-                    run.log(f"bench: time budget reached, skipping {dtype} cl={cl} b={b}")
-                    continue
-                try:
-                    t, peak, out, n = measure_forward(model, x, b, dev, min_repeats=1 if args.quick else 3,
-                                                      target_s=0.0 if args.quick else 1.0,
-                                                      warmup=1 if args.quick else 2)
-                    finite = bool(torch.isfinite(out).all())
-                    r = dict(dtype=dtype, channels_last=cl, batch=b, s_per_call=t, faces_s=b / t, peak_mib=peak,
-                             repeats=n, finite=finite)
-                except torch.OutOfMemoryError as exc:
-                    r = dict(dtype=dtype, channels_last=cl, batch=b, error=f"out of memory: {exc}"[:200])
-                    free(dev)
-                res.append(r)
-                run.log("bench", json.dumps(r))
-                rows.append((dtype, "on" if cl else "off", b, fmt(r.get("faces_s"), ".1f"),
-                             fmt(r.get("s_per_call", float("nan")) * 1e3, ".1f"), fmt(r.get("peak_mib"), ".0f"),
-                             "" if r.get("finite", True) and "error" not in r else r.get("error", "NaN/inf")))
-        del model
-        free(dev)
+    res = bench_model.forward_grid(codeformer_sd(), dev, dtypes, layouts, batches, quick=args.quick,
+                                   keep_going=lambda: run.left() >= args.reserve_s,
+                                   log=lambda *p: run.log(*(json.dumps(x) if isinstance(x, dict) else x for x in p)))
+    rows = [(r["dtype"], "on" if r["channels_last"] else "off", r["batch"], fmt(r.get("faces_s"), ".3g"),
+             fmt(r.get("s_per_call", float("nan")) * 1e3, ".1f"), fmt(r.get("peak_mib"), ".0f"),
+             "" if r.get("finite", True) and "error" not in r else r.get("error", "NaN/inf")) for r in res]
     run.results["bench"] = res
     tf32 = torch.backends.cudnn.allow_tf32 if dev.type == "cuda" else None
     run.table(f"Model benchmark, 512x512, live per-sample w ({dev.type})",
@@ -348,65 +230,41 @@ def section_profile(run: Run, args):
     if best is None:
         run.log("profile: no bench result to profile")
         return
-    from torch.profiler import ProfilerActivity, profile
     model = load_cf(dev, best["dtype"], channels_last=best["channels_last"])
     b = best["batch"]
-    x = (torch.rand(b, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dev)
-    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    calls = 1 if args.quick else 3
-    with torch.inference_mode():
-        model(x, w=torch.rand(b, device=dev))
-        sync(dev)
-        with profile(activities=acts) as prof:
-            t0 = time.perf_counter()
-            for _ in range(calls):
-                model(x, w=torch.rand(b, device=dev) * 0.9 + 0.05)
-            sync(dev)
-            wall = time.perf_counter() - t0
-    ka = prof.key_averages()
-    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
-    try:
-        table = ka.table(sort_by=key, row_limit=15, max_name_column_width=60)
-    except (AttributeError, KeyError):
-        key = "self_cuda_time_total"
-        table = ka.table(sort_by=key, row_limit=15, max_name_column_width=60)
-    (run.out / "profile.txt").write_text(table)
-    rows, busy = [], 0.0
-    for e in ka:
-        busy += float(getattr(e, key, 0.0) or 0.0)
-    top = sorted(ka, key=lambda e: -float(getattr(e, key, 0.0) or 0.0))[:15]
-    for e in top:
-        t = float(getattr(e, key, 0.0) or 0.0)
-        rows.append((e.key[:60], e.count // calls, f"{t / 1e3 / calls:.2f}", f"{100 * t / max(busy, 1e-9):.1f}"))
-    run.results["profile"] = {"config": best, "wall_ms_per_call": wall * 1e3 / calls,
-                              "busy_ms_per_call": busy / 1e3 / calls,
-                              "top": [dict(op=r[0], calls=r[1], ms=float(r[2]), share=float(r[3])) for r in rows]}
+    prof = bench_model.profile_forward(model, b, dev, calls=1 if args.quick else 3)
+    (run.out / "profile.txt").write_text(prof.pop("table"))
+    run.results["profile"] = {"config": best, **prof}
+    rows = [(o["op"], o["calls"], f"{o['ms']:.2f}", f"{o['share']:.1f}") for o in prof["top"]]
     run.table(f"Profiler top ops, {best['dtype']} channels-last={best['channels_last']} batch {b} "
               f"(self {'GPU' if dev.type == 'cuda' else 'CPU'} time per call)",
               ("op", "calls/forward", "ms/forward", "% of busy"), rows,
-              f"Wall {wall * 1e3 / calls:.1f} ms per forward, busy (sum of self times) {busy / 1e3 / calls:.1f} ms; "
-              f"full table in profile.txt.")
+              f"Wall {prof['wall_ms_per_call']:.1f} ms per forward, busy (sum of self times) "
+              f"{prof['busy_ms_per_call']:.1f} ms; full table in profile.txt.")
     del model
     free(dev)
 
 
-def face_frame():
-    from PIL import Image
-    rgb = np.asarray(Image.open(FACE / "astronaut_rgb.png").convert("RGB"))
-    return torch.from_numpy(rgb.copy()).float() / 255  # [512,512,3] ComfyUI IMAGE layout
+def restore(images, nets, max_faces, batch, w):
+    """The one call of ``pipeline.restore_images`` (the end-to-end path the pipeline figures time):
+    (output images, faces restored)."""
+    from codeformer_core import pipeline as P
+    from codeformer_core.faces.detect import DetectOptions
+    result = P.restore_images(images, nets["model"], nets["detector"], w=w,
+                              detect=DetectOptions(conf_threshold=bench_pipeline.THRESHOLD, max_faces=max_faces),
+                              paste=P.PasteSettings(parser=nets["parser"]), run=P.RunOptions(batch_size=batch))
+    return result.images, result.total_faces
 
 
 def section_pipeline(run: Run, args):
-    from codeformer_core import pipeline as P
     from codeformer_core.faces.detect import load_detector
-    from codeformer_core.faces.paste import paste_faces
     from codeformer_core.models.parsenet import load_parsenet
     dev = torch.device(args.device)
     dtype = "fp16" if dev.type == "cuda" else "fp32"
-    model = load_cf(dev, dtype)
-    detector = load_detector(face_sd("retinaface_manifest_resnet50.json"), device=dev)
-    parser = load_parsenet(face_sd("parsenet_manifest_parsenet.json"), device=dev)
-    face = face_frame()
+    nets = {"model": load_cf(dev, dtype),
+            "detector": load_detector(face_state_dict("retinaface_manifest_resnet50.json"), device=dev),
+            "parser": load_parsenet(face_state_dict("parsenet_manifest_parsenet.json"), device=dev)}
+    face = bench_pipeline.face_frame()
     tile = face.repeat(2, 2, 1)[None]                               # [1,1024,1024,3]: four faces
     n_video = 2 if args.quick else 64
     video = torch.stack([torch.roll(face, shifts=2 * i, dims=1) for i in range(n_video)])  # [64,512,512,3]
@@ -419,52 +277,15 @@ def section_pipeline(run: Run, args):
         if run.left() < args.reserve_s:
             run.log(f"pipeline: time budget reached, skipping {name}")
             continue
-        kw = dict(w=0.5, detect=P.DetectOptions(conf_threshold=0.7, max_faces=max_faces),
-                  paste=P.PasteSettings(parser=parser), run=P.RunOptions(batch_size=batch))
-        P.restore_images(images[:1 if args.quick else 2], model, detector, **kw)  # warm-up (kernels, allocator)
-        sync(dev)
-        times, result = [], None
-        for _ in range(1 if args.quick or images.shape[0] > 8 else 3):
-            t0 = time.perf_counter()
-            result = P.restore_images(images, model, detector, **kw)
-            sync(dev)
-            times.append(time.perf_counter() - t0)
-        t = statistics.median(times)
-        faces = result.total_faces
-        r = dict(case=name, dtype=dtype, frames=int(images.shape[0]), faces=faces, seconds=t,
-                 faces_s=faces / t, frames_s=images.shape[0] / t, network_batch=batch,
-                 finite=bool(torch.isfinite(result.images).all()))
-        # stage times: the public steps restore_images runs, one after another, synchronised
-        st = {}
-        frames_cpu = images
-        t0 = time.perf_counter()
-        frames = P.to_frames(frames_cpu).to(dev)
-        sync(dev)
-        st["upload"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fb = P.detect_faces(frames, detector, conf_threshold=0.7, max_faces=max_faces)
-        sync(dev)
-        st["detect+align"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        fb = P.restore_faces(model, fb, w=0.5, batch_size=batch)
-        sync(dev)
-        st["codeformer"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        parse = P.parse_masks_for(parser, fb.crops)
-        sync(dev)
-        st["parse"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pasted, mask = paste_faces(frames, fb, parse_masks=parse)
-        sync(dev)
-        st["paste"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        P.from_frames(pasted)
-        sync(dev)
-        st["download"] = time.perf_counter() - t0
-        r["stages_s"] = st
+        repeats = 1 if args.quick or images.shape[0] > 8 else 3
+        r = bench_pipeline.pipeline_case(nets, images, restore, max_faces, batch, w=0.5, repeats=repeats,
+                                         warmup_frames=1 if args.quick else 2)
+        r = dict(case=name, dtype=dtype, **r)
         res.append(r)
         run.log("pipeline", json.dumps(r))
-        rows.append((name, dtype, r["frames"], faces, batch, f"{t:.3f}", f"{r['faces_s']:.1f}", f"{r['frames_s']:.1f}"))
+        rows.append((name, dtype, r["frames"], r["faces"], batch, f"{r['seconds']:.3f}", f"{r['faces_s']:.3g}",
+                     f"{r['frames_s']:.3g}"))
+        st = r["stages_s"]
         total = sum(st.values())
         stage_rows.append((name, *(f"{1e3 * v:.0f} ({100 * v / total:.0f}%)" for v in st.values()),
                            f"{1e3 * total:.0f}"))
@@ -474,10 +295,10 @@ def section_pipeline(run: Run, args):
               ("case", "dtype", "frames", "faces", "net batch", "seconds", "faces/s", "frames/s"), rows,
               "Synthetic weights: conf_threshold 0.7 finds spurious 'faces'; max_faces keeps 4 per 1024 frame and "
               "1 per video frame, so every case restores a known number of crops through the full path.")
-    run.table("Pipeline stage times, ms (share)", ("case", "upload", "detect+align", "codeformer", "parse",
-                                                 "paste", "download", "total"), stage_rows,
-              "Each public step run alone and synchronised (one chunk holding every frame).")
-    del model, detector, parser
+    run.table("Pipeline stage times, ms (share)", ("case", "upload", *bench_pipeline.STAGES, "total"), stage_rows,
+              "Each public step run alone and synchronised (bench_pipeline.run_ours, one chunk holding every "
+              "frame; paste = paste_bands with the parse masks).")
+    del nets
     free(dev)
 
 
@@ -569,27 +390,8 @@ def compile_worker(args):
         cl = bool(layouts.get(dtype, True))
         if dtype not in models:
             models[dtype] = load_cf(dev, dtype, channels_last=cl)
-        model = models[dtype]
-        # compile the body of forward (its inference_mode decorator stays outside, around the call)
-        body = getattr(type(model).forward, "__wrapped__", type(model).forward)
-        fwd = torch.compile(lambda xb, w, _m=model: body(_m, xb, w), dynamic=False, backend=args.compile_backend)
-        x = (torch.rand(b, 3, 512, 512, generator=torch.Generator().manual_seed(2)) * 2 - 1).to(dev)
-        w0 = torch.full((b,), 0.5, device=dev)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            got = fwd(x, w0)
-            sync(dev)
-            compile_s = time.perf_counter() - t0
-            want = model(x, w=w0)
-            diff = float((got.float() - want.float()).abs().max())
-
-        class Compiled:  # model-like wrapper for measure_forward
-            def __call__(self, xb, w):
-                return fwd(xb, w)
-        t, peak, out, n = measure_forward(Compiled(), x, b, dev, min_repeats=1 if args.quick else 3,
-                                          target_s=0.0 if args.quick else 1.0, warmup=1)
-        r = dict(dtype=dtype, batch=b, channels_last=cl, compile_s=compile_s, faces_s=b / t, peak_mib=peak,
-                 max_diff=diff, repeats=n)
+        r = dict(dtype=dtype, channels_last=cl,
+                 **bench_model.compile_forward(models[dtype], b, dev, args.compile_backend, quick=args.quick))
         with open(args.compile_out, "a") as f:
             f.write(json.dumps(r) + "\n")
         print(json.dumps(r), flush=True)
@@ -606,7 +408,8 @@ def main(argv=None):
     ap.add_argument("--sections", default=",".join(ALL_SECTIONS))
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     ap.add_argument("--out", default=os.environ.get("OUT") or str(ROOT / "gpu_out"))
-    ap.add_argument("--budget-s", type=float, default=380, help="wall-clock budget; later work is skipped")
+    ap.add_argument("--budget-s", type=float, default=None,
+                    help="wall-clock budget; later work is skipped (default 380 s; none with --quick)")
     ap.add_argument("--reserve-s", type=float, default=100, help="time kept for the comfy and compile sections")
     ap.add_argument("--compile-cap-s", type=float, default=150)
     ap.add_argument("--comfy-tgz", default=None, help="ComfyUI source tarball for the comfy section")
@@ -618,6 +421,8 @@ def main(argv=None):
     torch.set_grad_enabled(False)
     if args.sections == "compile_worker":
         return compile_worker(args)
+    if args.budget_s is None:  # the smoke test runs every section, however slow the machine
+        args.budget_s = 1e6 if args.quick else 380
     run = Run(Path(args.out), args.budget_s)
     run.results["command"] = " ".join([os.path.basename(sys.executable)] + sys.argv)
     run.results["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")

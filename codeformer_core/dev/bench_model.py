@@ -130,6 +130,169 @@ def build(state_dict, device, dtype, channels_last, options=None):
     return model
 
 
+# -- figures for tools/gpu_check.py (functions returning numbers; the script prints the tables) -------
+def event_times(fn, warmup: int, repeats: int) -> list:
+    """Milliseconds per call of ``fn`` (CUDA events around each call) after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        fn()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return times
+
+
+def device_ceilings(device) -> dict:
+    """The two ceilings of a CUDA device: bf16 matrix product rate (TFLOP/s, 8192^3 on random data)
+    and device-to-device copy bandwidth (TB/s, 2 GiB). Empty off CUDA."""
+    import statistics
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return {}
+    def matmul_ms():
+        a = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        b = torch.randn(8192, 8192, device=dev, dtype=torch.bfloat16)
+        return statistics.median(event_times(lambda: a @ b, 3, 10))
+
+    def copy_ms():
+        src = torch.randn(2 ** 29, device=dev, dtype=torch.float32)
+        dst = torch.empty_like(src)
+        return statistics.median(event_times(lambda: dst.copy_(src), 2, 10))
+
+    res = {"bf16_matmul_tflops": round(2 * 8192 ** 3 / (matmul_ms() / 1e3) / 1e12, 1)}
+    torch.cuda.empty_cache()
+    res["copy_tb_s"] = round(2 * 2 ** 29 * 4 / (copy_ms() / 1e3) / 1e12, 2)
+    torch.cuda.empty_cache()
+    return res
+
+
+def time_forward(model, x, batch: int, device, min_repeats: int = 3, target_s: float = 1.0, warmup: int = 2):
+    """The forward at ``batch`` with a fresh per-sample w on every call ("live w"): median seconds
+    per call (CUDA events on CUDA), peak MiB (CUDA; NaN elsewhere), the last output and the number
+    of timed calls (at least ``min_repeats``, more until ``target_s``, at most 20)."""
+    import statistics
+    dev = torch.device(device)
+    xb = x[:batch]
+    gen = torch.Generator(device=dev).manual_seed(batch)
+
+    def w_live():
+        return torch.rand(batch, device=dev, generator=gen) * 0.9 + 0.05
+
+    with torch.inference_mode():
+        for _ in range(warmup):
+            out = model(xb, w=w_live())
+        sync(dev)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        times = []
+        t_start = time.perf_counter()
+        while len(times) < min_repeats or (time.perf_counter() - t_start < target_s and len(times) < 20):
+            w = w_live()
+            if dev.type == "cuda":
+                s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                s.record()
+                out = model(xb, w=w)
+                e.record()
+                e.synchronize()
+                times.append(s.elapsed_time(e) / 1e3)
+            else:
+                t0 = time.perf_counter()
+                out = model(xb, w=w)
+                times.append(time.perf_counter() - t0)
+        peak = torch.cuda.max_memory_allocated(dev) / 2 ** 20 if dev.type == "cuda" else float("nan")
+    return statistics.median(times), peak, out, len(times)
+
+
+def forward_grid(state_dict, device, dtypes, layouts, batches, quick: bool = False, keep_going=None,
+                 log=print) -> list:
+    """``time_forward`` over dtype x channels-last x batch (512x512 inputs): one dict per point
+    (faces/s, s/call, peak MiB, finite output, or the out-of-memory error). ``keep_going()`` False
+    skips the remaining points."""
+    dev = torch.device(device)
+    x = (torch.rand(max(batches), 3, 512, 512, generator=torch.Generator().manual_seed(0)) * 2 - 1).to(dev)
+    res = []
+    for dtype in dtypes:
+        model = build(state_dict, dev, dtype, channels_last=False)
+        for cl in layouts:
+            model.set_memory_format(torch.channels_last if cl else torch.contiguous_format)
+            for b in batches:
+                if keep_going is not None and not keep_going():
+                    log(f"bench: time budget reached, skipping {dtype} cl={cl} b={b}")
+                    continue
+                try:
+                    t, peak, out, n = time_forward(model, x, b, dev, min_repeats=1 if quick else 3,
+                                                   target_s=0.0 if quick else 1.0, warmup=1 if quick else 2)
+                    r = dict(dtype=dtype, channels_last=cl, batch=b, s_per_call=t, faces_s=b / t, peak_mib=peak,
+                             repeats=n, finite=bool(torch.isfinite(out).all()))
+                except torch.OutOfMemoryError as exc:
+                    r = dict(dtype=dtype, channels_last=cl, batch=b, error=f"out of memory: {exc}"[:200])
+                    if dev.type == "cuda":
+                        torch.cuda.empty_cache()
+                res.append(r)
+                log("bench", r)
+        del model
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+    return res
+
+
+def profile_forward(model, batch: int, device, calls: int = 3) -> dict:
+    """torch.profiler over ``calls`` forwards (live w): the top 15 ops by self device time (CPU
+    time off CUDA) per forward, wall and busy milliseconds per forward, and the profiler's table."""
+    from torch.profiler import ProfilerActivity, profile
+    dev = torch.device(device)
+    x = (torch.rand(batch, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(dev)
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    with torch.inference_mode():
+        model(x, w=torch.rand(batch, device=dev))
+        sync(dev)
+        with profile(activities=acts) as prof:
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                model(x, w=torch.rand(batch, device=dev) * 0.9 + 0.05)
+            sync(dev)
+            wall = time.perf_counter() - t0
+    ka = prof.key_averages()
+    key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+    try:
+        table = ka.table(sort_by=key, row_limit=15, max_name_column_width=60)
+    except (AttributeError, KeyError):
+        key = "self_cuda_time_total"
+        table = ka.table(sort_by=key, row_limit=15, max_name_column_width=60)
+    busy = sum(float(getattr(e, key, 0.0) or 0.0) for e in ka)
+    top = sorted(ka, key=lambda e: -float(getattr(e, key, 0.0) or 0.0))[:15]
+    ops = [dict(op=e.key[:60], calls=e.count // calls, ms=float(getattr(e, key, 0.0) or 0.0) / 1e3 / calls,
+                share=100 * float(getattr(e, key, 0.0) or 0.0) / max(busy, 1e-9)) for e in top]
+    return {"wall_ms_per_call": wall * 1e3 / calls, "busy_ms_per_call": busy / 1e3 / calls, "top": ops,
+            "table": table}
+
+
+def compile_forward(model, batch: int, device, backend: str = "inductor", quick: bool = False) -> dict:
+    """torch.compile (default mode, dynamic=False) of the forward's body: compile + first call
+    seconds, faces/s compiled (live w), peak MiB, and the largest difference from the eager model."""
+    dev = torch.device(device)
+    # compile the body of forward (its inference_mode decorator stays outside, around the call)
+    body = getattr(type(model).forward, "__wrapped__", type(model).forward)
+    fwd = torch.compile(lambda xb, w, _m=model: body(_m, xb, w), dynamic=False, backend=backend)
+    x = (torch.rand(batch, 3, 512, 512, generator=torch.Generator().manual_seed(2)) * 2 - 1).to(dev)
+    w0 = torch.full((batch,), 0.5, device=dev)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        got = fwd(x, w0)
+        sync(dev)
+        compile_s = time.perf_counter() - t0
+        want = model(x, w=w0)
+        diff = float((got.float() - want.float()).abs().max())
+    t, peak, _, n = time_forward(lambda xb, w: fwd(xb, w), x, batch, dev, min_repeats=1 if quick else 3,
+                                 target_s=0.0 if quick else 1.0, warmup=1)
+    return dict(batch=batch, compile_s=compile_s, faces_s=batch / t, peak_mib=peak, max_diff=diff, repeats=n)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")

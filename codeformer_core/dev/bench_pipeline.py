@@ -25,14 +25,13 @@ load average (shared machines): quote same-run ratios.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -49,11 +48,12 @@ from ..faces.detect import DetectOptions
 from ..pipeline import PasteSettings, default_network_batch, parse_masks_for, restore_images, run_network
 from .bench_model import NAIVE, peak_mib, peak_reset, sync
 from .bench_paste import cv2_align_face, cv2_paste_face
+from .golden import DATA, FACE_DIR, face_state_dict
 from .synthetic import synth_state_dict
 
 REPO = Path(__file__).resolve().parents[2]
-FACE_DATA = REPO / "tests" / "data" / "face_golden"
-ASTRONAUT = REPO / "tests" / "data" / "astronaut.png"
+FACE_DATA = FACE_DIR
+ASTRONAUT = DATA / "astronaut.png"
 THRESHOLD = 0.7
 STAGES = ("detect", "align", "restore", "parse", "paste")
 
@@ -77,7 +77,7 @@ def to_tensor(frame: np.ndarray, device) -> torch.Tensor:
 
 
 def face_weights(name: str):
-    return synth_state_dict(json.loads((FACE_DATA / name).read_text()), face=True)
+    return face_state_dict(name)
 
 
 class Timer:
@@ -102,14 +102,16 @@ def startup_seconds() -> float:
     return time.perf_counter() - t0
 
 
-def run_ours(nets: Dict, frame: torch.Tensor, faces: int, w: float) -> Dict[str, float]:
+def run_ours(nets: Dict, frame: torch.Tensor, faces: int, w: float,
+             batch_size: Optional[int] = None) -> Dict[str, float]:
+    """The public steps one after another, each synchronised: seconds per stage, and ``faces``."""
     t = Timer(frame.device)
     with t("detect"):
         dets = nets["detector"].detect(frame, conf_threshold=THRESHOLD, max_faces=faces)
     with t("align"):
         batch = align_faces(frame, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores)
     with t("restore"):
-        restored = run_network(nets["model"], batch.crops, w=w)  # the default network batch
+        restored = run_network(nets["model"], batch.crops, w=w, batch_size=batch_size)  # None: the default
     with t("parse"):
         masks = parse_masks_for(nets["parser"], restored)
     with t("paste"):
@@ -159,6 +161,43 @@ def end_to_end(nets: Dict, frame: torch.Tensor, faces: int, w: float) -> float:
                    paste=PasteSettings(parser=nets["parser"]))
     sync(frame.device)
     return time.perf_counter() - t0
+
+
+def face_frame() -> torch.Tensor:
+    """The 512x512 golden face frame (tests/data/face_golden/astronaut_rgb.png) as a ComfyUI IMAGE
+    [512,512,3] float 0..1."""
+    from PIL import Image
+    rgb = np.asarray(Image.open(FACE_DATA / "astronaut_rgb.png").convert("RGB"))
+    return torch.from_numpy(rgb.copy()).float() / 255
+
+
+def pipeline_case(nets: Dict, images: torch.Tensor, restore: Callable, max_faces: int, batch: int,
+                  w: float = 0.5, repeats: int = 1, warmup_frames: int = 1) -> Dict:
+    """One pipeline case for tools/gpu_check.py: ``restore(images, nets, max_faces=, batch=, w=)``
+    (the caller's end-to-end call, returning (output images, faces restored)) timed after a warm-up
+    on ``warmup_frames`` frames, median of ``repeats``; then the stages alone (``run_ours`` on the
+    frames uploaded once, one chunk holding every frame)."""
+    import statistics
+    device = next(nets["model"].parameters()).device
+    restore(images[:warmup_frames], nets, max_faces=max_faces, batch=batch, w=w)  # kernels, allocator
+    sync(device)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        out, faces = restore(images, nets, max_faces=max_faces, batch=batch, w=w)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    sync(device)
+    t0 = time.perf_counter()
+    frames = images.permute(0, 3, 1, 2).to(device)
+    sync(device)
+    stages = {"upload": time.perf_counter() - t0}
+    st = run_ours(nets, frames, max_faces, w, batch_size=batch)
+    stages.update((k, st[k]) for k in STAGES)
+    return dict(frames=int(images.shape[0]), faces=int(faces), seconds=t, faces_s=faces / t,
+                frames_s=images.shape[0] / t, network_batch=batch, finite=bool(torch.isfinite(out).all()),
+                stages_s=stages)
 
 
 @contextmanager
