@@ -20,8 +20,10 @@ from .errors import WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
 from .faces.detect import Detections, FaceDetector
-from .faces.paste import PIXEL_SCALES, parse_labels_to_masks, paste_bands, to_luminance
+from .faces.masks import parse_labels_to_masks
+from .faces.paste import PasteOptions, paste_bands
 from .faces.tracks import LandmarkSmoother, smooth_detections
+from .pixels import PIXEL_SCALES, to_luminance
 from .tasks import BY_VARIANT, TASKS
 
 Tensor = torch.Tensor
@@ -62,7 +64,7 @@ def rgb_planes(batch: Tensor) -> Tensor:
 def to_frames(images: Union[Tensor, np.ndarray], device=None) -> Tensor:
     """Any image batch (see ``image_batch``) to float32 [B,3,H,W] RGB in 0..1.
 
-    Integer pixels are scaled by ``faces.paste.PIXEL_SCALES`` (uint8 by 255, 16-bit by 65535).
+    Integer pixels are scaled by ``pixels.PIXEL_SCALES`` (uint8 by 255, 16-bit by 65535).
     NaN or infinite values are refused rather than silently spread into the output.
     """
     t = image_batch(images)
@@ -356,9 +358,9 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: fl
             bands = [(0, *_resize_aligned(faces, upscale))]
         else:
             restored = face_upscaler(faces.crops) if face_upscaler is not None and n_faces else None
-            bands = paste_bands(frames, faces, restored=restored, upscale=upscale, parse_masks=parse,
-                                visibility=visibility, color_match=color_match,
-                                background_upscaler=background_upscaler,
+            bands = paste_bands(frames, faces, restored, PasteOptions(upscale=upscale, visibility=visibility,
+                                                                      color_match=color_match),
+                                parse_masks=parse, background_upscaler=background_upscaler,
                                 band_rows=band_rows_for(out_w, stop - start, budget), layer_bytes=budget // 4)
         for row0, pasted, mask in bands:
             sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())

@@ -5,8 +5,8 @@ from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, network_batch,
-                     threshold_input, validation_result, visibility_input, w_input)
+from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, max_memory_input,
+                     memory_budget, network_batch, threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
 
@@ -32,11 +32,7 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                                tooltip="Restore all faces, only the largest, or only the one nearest the centre "
                                        "of each frame."),
                 threshold_input("Detection confidence needed to count as a face."),
-                io.Float.Input("max_memory_gb", default=2.0, min=0.25, max=1024.0, step=0.25, optional=True,
-                               tooltip="Working memory for frames, faces and paste-back besides the models, "
-                                       "in GB: how many frames and faces are processed together and the bands "
-                                       "large outputs are made in. Lower it on a small machine, raise it on a "
-                                       "large GPU for speed; free memory is never looked at."),
+                max_memory_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with restored faces (frames without a "
@@ -64,5 +60,5 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                 image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
                 parser=face_detector.parser, batch_size=batch, progress=bar,
                 check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection,
-                memory_budget=int(float(max_memory_gb) * 2 ** 30))
+                memory_budget=memory_budget(max_memory_gb))
         return io.NodeOutput(result.images, result.mask, result.total_faces)

@@ -7,9 +7,10 @@ from comfy_api.latest import io
 from ..codeformer_core import pipeline
 from ..codeformer_core.chunks import run_in_chunks
 from ..codeformer_core.errors import InputError
-from ..codeformer_core.faces.paste import paste_faces
+from ..codeformer_core.faces.paste import PasteOptions, paste_bands
 from . import comfy_bridge as bridge
-from .common import CATEGORY, FRAME_WORK_BYTES, Faces, frame_names, frames_per_chunk, visibility_input
+from .common import (CATEGORY, FRAME_WORK_BYTES, Faces, frame_names, max_memory_input, memory_budget,
+                     visibility_input)
 
 
 class CodeFormerPasteFaces(io.ComfyNode):
@@ -45,6 +46,7 @@ class CodeFormerPasteFaces(io.ComfyNode):
                                  tooltip="Also enlarge the restored faces with 'upscale_model' before pasting "
                                          "them (sharper faces in an upscaled image; the original's "
                                          "--face_upsample). Needs upscale_model."),
+                max_memory_input(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with the faces pasted back (size x "
@@ -56,7 +58,7 @@ class CodeFormerPasteFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, faces, visibility=1.0, use_parsing=True, color_match=False, feather=0,
-                upscale=1.0, upscale_model=None, upscale_faces=False) -> io.NodeOutput:
+                upscale=1.0, upscale_model=None, upscale_faces=False, max_memory_gb=2.0) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         if frames.shape[0] != faces.num_frames or tuple(frames.shape[-2:]) != tuple(faces.frame_size):
             raise InputError(f"the faces were found in {faces.num_frames} image(s) of {faces.frame_size[1]}x"
@@ -73,18 +75,27 @@ class CodeFormerPasteFaces(io.ComfyNode):
             raise InputError("upscale_faces enlarges the faces with the upscale model: connect one from 'Load "
                              "Upscale Model' to upscale_model, or turn upscale_faces off")
         upscaler = bridge.upscale_with_model(upscale_model) if upscale_model is not None else None
-        b, upscale = frames.shape[0], float(upscale)
+        options = PasteOptions(upscale=float(upscale), visibility=float(visibility), color_match=bool(color_match),
+                               feather=int(feather) or None)
+        b, h, w = frames.shape[0], frames.shape[-2], frames.shape[-1]
+        out_h, out_w = int(h * options.upscale), int(w * options.upscale)
+        budget = memory_budget(max_memory_gb)
+        # As the all-in-one node: frames in chunks, each pasted in bands of rows within the budget.
+        images_out, masks_out = torch.empty(b, out_h, out_w, 3), torch.empty(b, out_h, out_w)
         bar = bridge.progress_bar(b)
-        with bridge.on_compute_device([parser], FRAME_WORK_BYTES * frames[0].numel() * upscale ** 2) as device:
-            def paste_chunk(start: int, stop: int):
+        with bridge.on_compute_device([parser], FRAME_WORK_BYTES * frames[0].numel() * options.upscale ** 2) as device:
+            def paste_chunk(start: int, stop: int) -> None:
                 part = faces.frame_range(start, stop).to(device)
                 parse = pipeline.parse_masks_for(parser, part.crops) if parser is not None and len(part) else None
                 restored = upscaler(part.crops) if upscale_faces and len(part) else None
-                out, mask = paste_faces(frames[start:stop].to(device), part, restored, upscale=upscale,
-                                        parse_masks=parse, visibility=float(visibility), color_match=bool(color_match),
-                                        feather=int(feather) or None, background_upscaler=upscaler)
+                for row0, out, mask in paste_bands(frames[start:stop].to(device), part, restored, options,
+                                                   parse_masks=parse, background_upscaler=upscaler,
+                                                   band_rows=pipeline.band_rows_for(out_w, stop - start, budget),
+                                                   layer_bytes=budget // 4):
+                    images_out[start:stop, row0:row0 + out.shape[2]] = pipeline.from_frames(out)
+                    masks_out[start:stop, row0:row0 + out.shape[2]] = mask[:, 0].float().cpu()
                 bar(stop, b)
-                return pipeline.from_frames(out), mask[:, 0].float().cpu()
-            parts = run_in_chunks(b, frames_per_chunk(frames, device, upscale), paste_chunk, device=device,
-                                  check_interrupt=bridge.check_interrupt, describe=frame_names(frames))
-        return io.NodeOutput(torch.cat([i for i, _ in parts]), torch.cat([m for _, m in parts]))
+            size = pipeline.auto_frames_per_chunk(h, w, device, options.upscale, budget=budget, output_whole=False)
+            run_in_chunks(b, size, paste_chunk, device=device, check_interrupt=bridge.check_interrupt,
+                          describe=frame_names(frames))
+        return io.NodeOutput(images_out, masks_out)
