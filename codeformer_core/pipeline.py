@@ -20,7 +20,7 @@ from .errors import WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
 from .faces.detect import Detections, FaceDetector
-from .faces.masks import parse_labels_to_masks
+from .faces.masks import check_frame_masks, parse_labels_to_masks
 from .faces.paste import PasteOptions, paste_bands
 from .faces.tracks import LandmarkSmoother, smooth_detections
 from .pixels import PIXEL_SCALES, to_luminance
@@ -238,17 +238,7 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
     """[N,1,S,S] bool hole per crop, from frame-space masks or the crops' pure-white pixels."""
     if frame_masks is None:
         return (faces.crops >= 1.0).all(dim=1, keepdim=True)
-    m = frame_masks.to(faces.device, torch.float32)
-    if m.dim() == 2:
-        m = m[None]
-    h, w = faces.frame_size
-    if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
-        raise ValueError(f"mask has shape {tuple(m.shape)}, but the image is {h}x{w}; "
-                         f"give a mask of the image size (for example with a resize/upscale mask node)")
-    if m.shape[0] not in (1, faces.num_frames):
-        raise ValueError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask or one per image")
-    if m.shape[0] == 1:
-        m = m.expand(faces.num_frames, h, w)
+    m = check_frame_masks(frame_masks.to(faces.device), faces.num_frames, faces.frame_size)
     if len(faces) == 0:
         return torch.zeros(0, 1, faces.crop_size, faces.crop_size, dtype=torch.bool, device=faces.device)
     warped = warp_faces(m[:, None].expand(-1, 3, -1, -1), faces.affines, faces.frame_index,
@@ -256,12 +246,13 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
     return warped[:, :1] > threshold
 
 
-def parse_masks_for(parser, crops: Tensor) -> Tensor:
+def parse_masks_for(parser, crops: Tensor, regions=None) -> Tensor:
     """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...), in
-    network batches of ``default_network_batch`` (ParseNet keeps 64 channels at 512 px)."""
+    network batches of ``default_network_batch`` (ParseNet keeps 64 channels at 512 px).
+    ``regions``: the labels pasted (``PasteOptions.regions``; None: the reference's)."""
     from .models.parsenet import parse_faces
     chunk = default_network_batch(next(parser.parameters()).device)
-    return parse_labels_to_masks(parse_faces(parser, crops, chunk_size=chunk))
+    return parse_labels_to_masks(parse_faces(parser, crops, chunk_size=chunk), regions)
 
 
 # -- all in one ---------------------------------------------------------------------------------

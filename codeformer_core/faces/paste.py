@@ -31,6 +31,7 @@ from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
                        row_chunks, translation, window_grid)
 from .kernels import erode, gaussian_kernel_1d, sep_blur
+from .masks import ORIGINAL_LABELS, check_frame_masks, shape_masks
 from .resize import resize_frames, resize_input_rows, resize_lanczos4, resize_row_step
 
 __all__ = ["PasteOptions", "paste_faces", "paste_bands", "paste_affines", "paste_order", "PASTE_ORDERS",
@@ -48,7 +49,12 @@ class PasteOptions:
     crop's per-channel mean / std (inside the parse mask or a central face ellipse). feather:
     edge softness of the square mask in output pixels (None: the reference's, from the face
     size). keep_gray: faces found grey (``faces.gray``) are pasted as luminance. order: "score"
-    (the reference's compositing order) or "given" (``paste_order``).
+    (the reference's compositing order) or "given" (``paste_order``). regions: the ParseNet labels
+    that take the restored pixels, for whoever makes the parse masks
+    (``masks.parse_labels_to_masks(labels, options.regions)``; ``masks.region_labels`` turns a preset
+    and region names into them; the default is the reference's). mask_grow, mask_blur: pixels of
+    the crop (512) by which the blend mask, parse or square alike, is grown (negative: shrunk) and
+    then blurred, in the crop before the inverse warp (``masks.shape_masks``; 0, 0 = as the reference).
     """
     upscale: float = 1.0
     visibility: Union[float, torch.Tensor] = 1.0
@@ -56,6 +62,9 @@ class PasteOptions:
     feather: Optional[int] = None
     keep_gray: bool = True
     order: str = "score"
+    regions: frozenset = ORIGINAL_LABELS
+    mask_grow: int = 0
+    mask_blur: int = 0
 
     def __post_init__(self):
         if not float(self.upscale) > 0:
@@ -64,6 +73,14 @@ class PasteOptions:
             raise ValueError(f"order must be one of {PASTE_ORDERS}, got {self.order!r}")
         if self.feather is not None and int(self.feather) < 0:
             raise ValueError(f"feather must be >= 0 (or None for automatic), got {self.feather}")
+        if int(self.mask_blur) < 0:
+            raise ValueError(f"mask_blur must be >= 0, got {self.mask_blur}")
+        object.__setattr__(self, "regions", frozenset(int(r) for r in self.regions))
+
+    @property
+    def shapes_mask(self) -> bool:
+        """Whether mask_grow / mask_blur change the blend mask."""
+        return bool(int(self.mask_grow) or int(self.mask_blur))
 
     @classmethod
     def of(cls, options: Optional["PasteOptions"] = None, **fields) -> "PasteOptions":
@@ -138,7 +155,7 @@ def paste_order(faces: FaceBatch, order: str = "score") -> list:
 
 def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
                 options: Optional[PasteOptions] = None, *, parse_masks: Optional[torch.Tensor] = None,
-                background: Optional[torch.Tensor] = None,
+                frame_masks: Optional[torch.Tensor] = None, background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 **fields) -> Tuple[torch.Tensor, torch.Tensor]:
     """Paste restored crops back; returns (frames [B,3,Hs,Ws], mask [B,1,Hs,Ws]): ``paste_bands``
@@ -154,20 +171,22 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     Gaussian (2*w_edge+1) -> blend. Parse mode: the blend weight is the inverse-warped parse
     mask [N,1,S,S] (see ``masks.parse_labels_to_masks``) and the face is not multiplied by a
     square mask. ``options``: a ``PasteOptions`` (upscale, visibility, colour match, feather,
-    gray, order); ``fields``: the same given as keywords (``upscale=2``), over ``options``.
+    gray, order, regions, mask shape); ``fields``: the same given as keywords (``upscale=2``), over
+    ``options``. ``frame_masks`` (a MASK [B,H,W] of the input frames' size, or one [H,W]): restored
+    pixels only where it is set, its soft values kept (it multiplies the blend weight).
     The returned mask is the union of the soft masks, 1 - prod(1 - soft_i): the share of each
     output pixel that comes from restored faces.
     """
     if not frames.is_floating_point():
         raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
     (_, out, mask_out), = paste_bands(frames, faces, restored, options, parse_masks=parse_masks,
-                                      background=background, background_upscaler=background_upscaler, **fields)
+                                      frame_masks=frame_masks, background=background, background_upscaler=background_upscaler, **fields)
     return out, mask_out
 
 
 def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
                 options: Optional[PasteOptions] = None, *, parse_masks: Optional[torch.Tensor] = None,
-                background: Optional[torch.Tensor] = None,
+                frame_masks: Optional[torch.Tensor] = None, background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
                 band_rows: Optional[int] = None, layer_bytes: Optional[int] = None,
                 **fields) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
@@ -206,6 +225,11 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
         raise ValueError(f"expected {n} restored crops, got {rest.shape[0]}")
     pm = None if parse_masks is None or not n else parse_masks.reshape(n, 1, *parse_masks.shape[-2:])
     vis = _as_per_face(opts.visibility, n, frames.device)
+    fm = None
+    if frame_masks is not None and n:   # the blend weight's frame factor, at the output's size
+        fm = check_frame_masks(frame_masks.to(frames.device), B, (H, W))[:, None]
+        if (Hs, Ws) != (H, W):
+            fm = F.interpolate(fm, size=(Hs, Ws), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     Sr = int(rest.shape[-1])
     composite_order = paste_order(faces, opts.order) if n else []
     # Rows each face's pasted pixels span (its own window): its layers are made when the first
@@ -222,7 +246,7 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
         waiting = [i for i in waiting if int(spans[i][0]) >= r1]
         for g in _layer_groups(faces, starting, Sr, s, Hs, Ws, layer_bytes):
             made = _face_layers(frames, faces.select(g), rest[g], Hs, Ws, None if pm is None else pm[g], vis[g],
-                                opts)
+                                opts, fm)
             live.update(zip(g.tolist(), made))
         out = background_rows(r0, r1)
         mask_out = torch.zeros(B, 1, r1 - r0, Ws, dtype=torch.float32, device=frames.device)
@@ -300,8 +324,10 @@ def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optio
 
 
 def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor, Hs: int, Ws: int,
-                 parse_masks: Optional[torch.Tensor], visibility: torch.Tensor, options: PasteOptions) -> list:
-    """Each face's ``FaceLayer`` (one common window size for the group), in order."""
+                 parse_masks: Optional[torch.Tensor], visibility: torch.Tensor, options: PasteOptions,
+                 frame_masks: Optional[torch.Tensor] = None) -> list:
+    """Each face's ``FaceLayer`` (one common window size for the group), in order. ``frame_masks``:
+    [B,1,Hs,Ws] at the output's size, or None."""
     dev = frames.device
     n = len(faces)
     # ---- crops to paste (crop space): gray / colour handling happen before warping
@@ -310,6 +336,8 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
     pm = None
     if parse_masks is not None:
         pm = parse_masks.to(device=dev, dtype=torch.float32).reshape(n, 1, *parse_masks.shape[-2:])
+        if options.shapes_mask:   # in the crop, before any resize and the inverse warp
+            pm = shape_masks(pm, options.mask_grow, options.mask_blur)
         if pm.shape[-1] != Sr or pm.shape[-2] != Sr:
             pm = F.interpolate(pm, size=(Sr, Sr), mode="bilinear", align_corners=False)
     s = float(options.upscale)
@@ -339,6 +367,11 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
         soft = F.grid_sample(pm, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         del grid
     else:
+        square = None
+        if options.shapes_mask:   # the square mask shaped by the same rule, in the crop, then warped
+            ones = torch.ones(n, 1, faces.crop_size, faces.crop_size, device=dev)
+            square = F.grid_sample(shape_masks(ones, options.mask_grow, options.mask_blur), grid, mode="bilinear",
+                                   padding_mode="zeros", align_corners=False)
         m1 = erode(_warped_ones(grid, Sr), first_erosion)
         del grid
         if options.feather is None:
@@ -359,7 +392,14 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
             off = (K - kz) // 2
             kern[i, off:off + kz] = cache[kz]
         soft = sep_blur(m2, kern.to(device=dev, dtype=torch.float32), reflect_sides)
+        if square is not None:
+            soft = soft * square
     soft = soft.clamp(0.0, 1.0)  # float sums of the blur can land a hair above 1
+    if frame_masks is not None:   # each face's window of its frame's mask
+        fi = faces.frame_index.to(dev)
+        rows = (y0[:, None] + torch.arange(h))[:, :, None].to(dev)
+        cols = (x0[:, None] + torch.arange(w))[:, None, :].to(dev)
+        soft = soft * frame_masks[:, 0][fi[:, None, None], rows, cols][:, None]
     vis = visibility.to(dev)
     if not bool((vis == 1).all()):
         soft = soft * vis.view(n, 1, 1, 1)
