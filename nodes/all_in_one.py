@@ -5,7 +5,8 @@ from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, max_memory_input,
+from .common import (CATEGORY, FORWARD_BYTES, CodeFormerModel, FaceDetector, check_choice, face_size_inputs,
+                     max_memory_input,
                      memory_budget, network_batch, threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
@@ -33,6 +34,7 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                                        "of each frame."),
                 threshold_input("Detection confidence needed to count as a face."),
                 max_memory_input(),
+                *face_size_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with restored faces (frames without a "
@@ -49,7 +51,7 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, model, face_detector, w=0.5, visibility=1.0, selection="all",
-                threshold=0.8, max_memory_gb=2.0) -> io.NodeOutput:
+                threshold=0.8, max_memory_gb=2.0, min_size=0, max_size=0) -> io.NodeOutput:
         task = pipeline.model_task(model)   # the model's own task: restore, colorize or inpaint
         frames = int(image.shape[0]) if image.dim() == 4 else 1
         bar = bridge.progress_bar(frames)
@@ -60,5 +62,5 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                 image, model, face_detector.detector, w=float(w), task=task, visibility=float(visibility),
                 parser=face_detector.parser, batch_size=batch, progress=bar,
                 check_interrupt=bridge.check_interrupt, conf_threshold=float(threshold), selection=selection,
-                memory_budget=memory_budget(max_memory_gb))
+                memory_budget=memory_budget(max_memory_gb), min_size=int(min_size), max_size=int(max_size))
         return io.NodeOutput(result.images, result.mask, result.total_faces)

@@ -50,6 +50,16 @@ def memory_budget(max_memory_gb: float) -> int:
     return int(float(max_memory_gb) * 2 ** 30)
 
 
+def face_size_inputs() -> list:
+    """min_size / max_size: the detector's face-size filter (pixels of the box's short side)."""
+    return [io.Int.Input("min_size", default=0, min=0, max=16384, optional=True,
+                         tooltip="Leave faces smaller than this alone: pixels of the face box's short side in the "
+                                 "image. They are not restored and not counted. 0 = no limit."),
+            io.Int.Input("max_size", default=0, min=0, max=16384, optional=True,
+                         tooltip="Leave faces larger than this alone: pixels of the face box's short side in the "
+                                 "image. They are not restored and not counted. 0 = no limit.")]
+
+
 def visibility_input(faces: str = "restored") -> io.Float.Input:
     return io.Float.Input("visibility", default=1.0, min=0.0, max=1.0, step=0.01,
                           tooltip=f"Opacity of the {faces} faces: 1 = fully replaced, 0 = original image.")
