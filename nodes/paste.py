@@ -119,13 +119,13 @@ class CodeFormerPasteFaces(io.ComfyNode):
                 parse = pipeline.parse_masks_for(parser, part.crops, options.regions) \
                     if parser is not None and len(part) else None
                 restored = upscaler(part.crops) if upscale_faces and len(part) else None
-                for row0, out, mask in paste_bands(frames[start:stop].to(device), part, restored, options,
+                for row0, out, band_mask in paste_bands(frames[start:stop].to(device), part, restored, options,
                                                    parse_masks=parse, background_upscaler=upscaler,
                                                    frame_masks=None if frame_masks is None else frame_masks[start:stop],
                                                    band_rows=pipeline.band_rows_for(out_w, stop - start, budget),
                                                    layer_bytes=budget // 4):
                     images_out[start:stop, row0:row0 + out.shape[2]] = pipeline.from_frames(out)
-                    masks_out[start:stop, row0:row0 + out.shape[2]] = mask[:, 0].float().cpu()
+                    masks_out[start:stop, row0:row0 + out.shape[2]] = band_mask[:, 0].float().cpu()
                 bar(stop, b)
             size = pipeline.auto_frames_per_chunk(h, w, device, options.upscale, budget=budget, output_whole=False)
             run_in_chunks(b, size, paste_chunk, device=device, check_interrupt=bridge.check_interrupt,

@@ -204,7 +204,10 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     output's is computed whole once and handed out band by band. ``layer_bytes``: the faces'
     layers are made a group of faces at a time, each group within about this many bytes (None:
     all at once, as ``paste_faces``); a big face needs ~``LAYER_PLANES`` float planes of its
-    window meanwhile. ``options`` / ``fields``: as ``paste_faces``.
+    window meanwhile. Faces whose layers are made in other groups than ``paste_faces`` makes them
+    (one group per call) can get another window origin, which moves some of their blend weights by
+    float32 rounding (a last-bit difference, 6e-8 seen); the same groups give the same bits.
+    ``options`` / ``fields``: as ``paste_faces``.
     """
     opts = PasteOptions.of(options, **fields)
     if frames.dim() != 4 or frames.shape[1] != 3:
