@@ -21,8 +21,10 @@ from .errors import InputError, SettingsError, WrongVariantError
 from .faces.align import align_faces, detect_gray_frames, template_for, warp_faces
 from .faces.batch import FaceBatch
 from .faces.detect import DetectOptions, Detections, FaceDetector
-from .faces.paste import PIXEL_SCALES, parse_labels_to_masks, paste_bands, to_luminance
+from .faces.masks import check_frame_masks, parse_labels_to_masks
+from .faces.paste import PasteOptions, paste_bands
 from .faces.tracks import LandmarkSmoother, smooth_detections
+from .pixels import PIXEL_SCALES, to_luminance
 from .tasks import BY_VARIANT, TASKS
 
 Tensor = torch.Tensor
@@ -241,17 +243,7 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
     """[N,1,S,S] bool hole per crop, from frame-space masks or the crops' pure-white pixels."""
     if frame_masks is None:
         return (faces.crops >= 1.0).all(dim=1, keepdim=True)
-    m = frame_masks.to(faces.device, torch.float32)
-    if m.dim() == 2:
-        m = m[None]
-    h, w = faces.frame_size
-    if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
-        raise InputError(f"mask has shape {tuple(m.shape)}, but the image is {h}x{w}; "
-                         f"give a mask of the image size (for example with a resize/upscale mask node)")
-    if m.shape[0] not in (1, faces.num_frames):
-        raise InputError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask or one per image")
-    if m.shape[0] == 1:
-        m = m.expand(faces.num_frames, h, w)
+    m = check_frame_masks(frame_masks.to(faces.device), faces.num_frames, faces.frame_size)
     if len(faces) == 0:
         return torch.zeros(0, 1, faces.crop_size, faces.crop_size, dtype=torch.bool, device=faces.device)
     warped = warp_faces(m[:, None].expand(-1, 3, -1, -1), faces.affines, faces.frame_index,
@@ -259,12 +251,13 @@ def crop_hole_masks(faces: FaceBatch, frame_masks: Optional[Tensor], threshold: 
     return warped[:, :1] > threshold
 
 
-def parse_masks_for(parser, crops: Tensor) -> Tensor:
+def parse_masks_for(parser, crops: Tensor, regions=None) -> Tensor:
     """Soft face-region masks [N,1,S,S] from a ParseNet (skin, brows, eyes, nose, mouth...), in
-    network batches of ``default_network_batch`` (ParseNet keeps 64 channels at 512 px)."""
+    network batches of ``default_network_batch`` (ParseNet keeps 64 channels at 512 px).
+    ``regions``: the labels pasted (``PasteOptions.regions``; None: the reference's)."""
     from .models.parsenet import parse_faces
     chunk = default_network_batch(next(parser.parameters()).device)
-    return parse_labels_to_masks(parse_faces(parser, crops, chunk_size=chunk))
+    return parse_labels_to_masks(parse_faces(parser, crops, chunk_size=chunk), regions)
 
 
 # -- all in one ---------------------------------------------------------------------------------
@@ -272,19 +265,23 @@ def parse_masks_for(parser, crops: Tensor) -> Tensor:
 class PasteSettings:
     """How restored faces go back into the frames (``restore_images``).
 
-    ``upscale``: output scale of the whole frame; ``visibility``: opacity of the restored faces
-    (1 = fully replaced); ``color_match``: restored faces' colours matched to the input;
-    ``parser``: a ParseNet whose face mask shapes the blend (None: the feathered square);
-    ``background_upscaler``: enlarges the frames when ``upscale`` > 1 (None: resize);
+    ``options``: the compositor's choices (``faces.paste.PasteOptions``: upscale, visibility,
+    colour matching, regions, mask grow / blur, ...); ``parser``: a ParseNet whose face mask,
+    restricted to ``options.regions``, shapes the blend (None: the feathered square);
+    ``background_upscaler``: enlarges the frames when ``options.upscale`` > 1 (None: resize);
     ``face_upscaler`` (crops [N,3,512,512] -> [N,3,S,S]) enlarges the restored faces before
-    paste-back, like the original's ``--face_upsample``.
+    paste-back, like the original's ``--face_upsample``; ``frame_masks`` [1 or B,H,W] (the call's
+    frames' size): restored pixels are pasted only where it is set (soft values blend).
     """
-    upscale: float = 1.0
-    visibility: float = 1.0
-    color_match: bool = False
+    options: PasteOptions = field(default_factory=PasteOptions)
     parser: Optional[torch.nn.Module] = None
     background_upscaler: Optional[Callable[[Tensor], Tensor]] = None
     face_upscaler: Optional[Callable[[Tensor], Tensor]] = None
+    frame_masks: Optional[Tensor] = None
+
+    @property
+    def upscale(self) -> float:
+        return float(self.options.upscale)
 
 
 @dataclass(frozen=True)
@@ -417,7 +414,7 @@ class _ChunkJob:
             not self.has_aligned else frames
         del frames
         faces = self.run_network(faces, start, stop)
-        for row0, pasted, mask in self.paste_back(paste_frames, faces, stop - start):
+        for row0, pasted, mask in self.paste_back(paste_frames, faces, start, stop):
             self.sink(start, row0, from_frames(pasted), mask[:, 0].float().cpu())
         self.faces_done += len(faces)
         return faces.counts_per_frame().tolist()
@@ -434,17 +431,18 @@ class _ChunkJob:
         masks = None if self.inpaint_masks is None else _chunk_masks(self.inpaint_masks, start, stop)
         return inpaint_faces(self.model, faces, masks, **run)
 
-    def paste_back(self, frames: Tensor, faces: FaceBatch, n_frames: int) -> list:
+    def paste_back(self, frames: Tensor, faces: FaceBatch, start: int, stop: int) -> list:
         paste, n_faces = self.paste, len(faces)
         if self.has_aligned:
             return [(0, *_resize_aligned(faces, paste.upscale))]
-        parse = parse_masks_for(paste.parser, faces.crops) if paste.parser is not None and n_faces else None
+        parse = parse_masks_for(paste.parser, faces.crops, paste.options.regions) \
+            if paste.parser is not None and n_faces else None
         restored = paste.face_upscaler(faces.crops) if paste.face_upscaler is not None and n_faces else None
         out_w = int(frames.shape[-1] * paste.upscale)
-        return paste_bands(frames, faces, restored=restored, upscale=paste.upscale, parse_masks=parse,
-                           visibility=paste.visibility, color_match=paste.color_match,
+        masks = None if paste.frame_masks is None else _chunk_masks(paste.frame_masks, start, stop)
+        return paste_bands(frames, faces, restored, paste.options, parse_masks=parse, frame_masks=masks,
                            background_upscaler=paste.background_upscaler,
-                           band_rows=band_rows_for(out_w, n_frames, self.budget), layer_bytes=self.budget // 4)
+                           band_rows=band_rows_for(out_w, stop - start, self.budget), layer_bytes=self.budget // 4)
 
     def describe(self, i: int) -> str:
         """How an out-of-memory error names frame ``i``."""

@@ -5,9 +5,10 @@ from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
 from ..codeformer_core.faces.detect import DetectOptions
+from ..codeformer_core.faces.paste import PasteOptions
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, CodeFormerModel, FaceDetector, check_choice, network_batch,
-                     threshold_input, validation_result, visibility_input, w_input)
+from .common import (CATEGORY, CodeFormerModel, FaceDetector, check_choice, face_size_inputs, max_memory_input,
+                     memory_budget, network_batch, threshold_input, validation_result, visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
 
@@ -33,11 +34,8 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
                                tooltip="Restore all faces, only the largest, or only the one nearest the centre "
                                        "of each frame."),
                 threshold_input("Detection confidence needed to count as a face."),
-                io.Float.Input("max_memory_gb", default=2.0, min=0.25, max=1024.0, step=0.25, optional=True,
-                               tooltip="Working memory for frames, faces and paste-back besides the models, "
-                                       "in GB: how many frames and faces are processed together and the bands "
-                                       "large outputs are made in. Lower it on a small machine, raise it on a "
-                                       "large GPU for speed; free memory is never looked at."),
+                max_memory_input(),
+                *face_size_inputs(),
             ],
             outputs=[
                 io.Image.Output(display_name="image", tooltip="The images with restored faces (frames without a "
@@ -54,16 +52,19 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, model, face_detector, w=0.5, visibility=1.0, selection="all",
-                threshold=0.8, max_memory_gb=2.0) -> io.NodeOutput:
+                threshold=0.8, max_memory_gb=2.0, min_size=0, max_size=0) -> io.NodeOutput:
         task = pipeline.model_task(model)   # the model's own task: restore, colorize or inpaint
         frames = int(image.shape[0]) if image.dim() == 4 else 1
         modules = [model, face_detector.detector.net, face_detector.parser]
         run = pipeline.RunOptions(batch_size=network_batch(), progress=bridge.progress_bar(frames),
                                   check_interrupt=bridge.check_interrupt,
-                                  memory_budget=int(float(max_memory_gb) * 2 ** 30))
+                                  memory_budget=memory_budget(max_memory_gb))
         with bridge.on_compute_device(modules, pipeline.FORWARD_BYTES_PER_FACE * run.batch_size):
             result = pipeline.restore_images(
                 image, model, face_detector.detector, w=float(w), task=task,
-                detect=DetectOptions(conf_threshold=float(threshold), selection=selection),
-                paste=pipeline.PasteSettings(visibility=float(visibility), parser=face_detector.parser), run=run)
+                detect=DetectOptions(conf_threshold=float(threshold), selection=selection,
+                                     min_size=int(min_size), max_size=int(max_size)),
+                paste=pipeline.PasteSettings(PasteOptions(visibility=float(visibility)),
+                                             parser=face_detector.parser),
+                run=run)
         return io.NodeOutput(result.images, result.mask, result.total_faces)

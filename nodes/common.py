@@ -35,6 +35,29 @@ def threshold_input(tooltip: str) -> io.Float.Input:
     return io.Float.Input("threshold", default=0.8, min=0.05, max=1.0, step=0.01, tooltip=tooltip)
 
 
+def max_memory_input() -> io.Float.Input:
+    return io.Float.Input("max_memory_gb", default=2.0, min=0.25, max=1024.0, step=0.25, optional=True,
+                          tooltip="Working memory for frames, faces and paste-back besides the models, "
+                                  "in GB: how many frames and faces are processed together and the bands "
+                                  "large outputs are made in. Lower it on a small machine, raise it on a "
+                                  "large GPU for speed; free memory is never looked at.")
+
+
+def memory_budget(max_memory_gb: float) -> int:
+    """The core's ``memory_budget`` (bytes) from a max_memory_gb input."""
+    return int(float(max_memory_gb) * 2 ** 30)
+
+
+def face_size_inputs() -> list:
+    """min_size / max_size: the detector's face-size filter (pixels of the box's short side)."""
+    return [io.Int.Input("min_size", default=0, min=0, max=16384, optional=True,
+                         tooltip="Leave faces smaller than this alone: pixels of the face box's short side in the "
+                                 "image. They are not restored and not counted. 0 = no limit."),
+            io.Int.Input("max_size", default=0, min=0, max=16384, optional=True,
+                         tooltip="Leave faces larger than this alone: pixels of the face box's short side in the "
+                                 "image. They are not restored and not counted. 0 = no limit.")]
+
+
 def visibility_input(faces: str = "restored") -> io.Float.Input:
     return io.Float.Input("visibility", default=1.0, min=0.0, max=1.0, step=0.01,
                           tooltip=f"Opacity of the {faces} faces: 1 = fully replaced, 0 = original image.")

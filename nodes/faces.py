@@ -11,7 +11,7 @@ from ..codeformer_core.faces.batch import FaceBatch
 from ..codeformer_core.faces.detect import SELECTIONS, SORT_KEYS
 from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FRAME_WORK_BYTES, FaceDetector, Faces, check_choice, crops_image,
+from .common import (CATEGORY, FRAME_WORK_BYTES, FaceDetector, Faces, check_choice, crops_image, face_size_inputs,
                      frame_names, frames_per_chunk, threshold_input, validation_result)
 
 
@@ -49,6 +49,7 @@ class CodeFormerDetectFaces(io.ComfyNode):
                                        "smoothed along its track over time with a centred Gaussian of this many "
                                        "frames (sigma), so the face does not lag behind when it moves (the "
                                        "whole batch is searched first). 0 = off; 2 is a good start."),
+                *face_size_inputs(),
             ],
             outputs=[
                 Faces.Output(display_name="faces", tooltip="The detected faces: aligned crops plus what is "
@@ -68,11 +69,12 @@ class CodeFormerDetectFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, face_detector, threshold=0.8, selection="all", sort_by="area", index=0,
-                max_faces=0, resolution=640, smoothing=0.0) -> io.NodeOutput:
+                max_faces=0, resolution=640, smoothing=0.0, min_size=0, max_size=0) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         b, _, h, w = frames.shape
         detect_kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by,
-                             index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None)
+                             index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None,
+                             min_size=int(min_size), max_size=int(max_size))
         sigma = float(smoothing)
         done = b if sigma > 0 else 0     # the progress bar counts the first pass too
         bar = bridge.progress_bar(b + done)

@@ -7,8 +7,9 @@ from typing import Callable
 from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
-from ..codeformer_core.errors import InputError, NotAFaceModelError, WrongVariantError
+from ..codeformer_core.errors import NotAFaceModelError, WrongVariantError
 from ..codeformer_core.faces.batch import FaceBatch
+from ..codeformer_core.faces.masks import check_frame_masks
 from ..codeformer_core.models.face_model import FaceModel
 from ..codeformer_core.tasks import BY_VARIANT, TASKS
 from ..codeformer_core.weights import registry
@@ -110,7 +111,7 @@ class CodeFormerInpaintFaces(FaceStepNode):
     @classmethod
     def execute(cls, model, faces, mask=None) -> io.NodeOutput:
         if mask is not None:
-            mask = mask_for_faces(mask, faces)
+            mask = check_frame_masks(mask, faces.num_frames, faces.frame_size)   # before any work
         return cls.run_on_faces(model, faces, lambda **kw: pipeline.inpaint_faces(model, faces, mask, **kw))
 
 
@@ -134,19 +135,6 @@ class CodeFormerRestoreFacesWithModel(FaceStepNode):
                                      f"an upscaler to the upscale_model input of 'Paste Faces Back "
                                      f"(CodeFormer)'") from None
         return cls.run_on_faces(face_model, faces, lambda **kw: pipeline.restore_faces(face_model, faces, **kw))
-
-
-def mask_for_faces(mask, faces: FaceBatch):
-    """A MASK [H,W] or [B,H,W] checked against the frames the faces came from (before any work)."""
-    m = mask[None] if mask.dim() == 2 else mask
-    h, w = faces.frame_size
-    if m.dim() != 3 or tuple(m.shape[-2:]) != (h, w):
-        raise InputError(f"the mask is {m.shape[-1]}x{m.shape[-2]}, but the faces were found in images of "
-                         f"{w}x{h}; give a mask of the image size (for example the mask of the same Load "
-                         f"Image, or resize it)")
-    if m.shape[0] not in (1, faces.num_frames):
-        raise InputError(f"{m.shape[0]} masks for {faces.num_frames} images; give one mask, or one per image")
-    return m
 
 
 FACE_NODES = {node.TASK: node for node in (CodeFormerRestoreFaces, CodeFormerColorizeFaces, CodeFormerInpaintFaces)}

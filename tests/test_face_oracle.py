@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from codeformer_core.faces.align import align_faces
-from codeformer_core.faces.paste import paste_faces, resize_frames
+from codeformer_core.faces.paste import paste_faces
+from codeformer_core.faces.resize import resize_frames
 
 
 def _import_mtcnn():

@@ -15,6 +15,7 @@ from codeformer_core.chunks import (DEFAULT_MEMORY_BUDGET, chunk_size_for, is_ou
 from codeformer_core.dev.synthetic import synth_state_dict
 from codeformer_core.errors import CodeFormerError, NotEnoughMemoryError
 from codeformer_core.faces.detect import MAX_NETWORK_PIXELS, MAX_NETWORK_SIDE, load_detector, network_size
+from codeformer_core.faces.paste import PasteOptions
 
 FACE_DATA = Path(__file__).parent / "data" / "face_golden"
 CPU_REFUSAL = ("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
@@ -259,7 +260,7 @@ def test_upscaler_bands_come_from_the_same_tiles():
 def test_restore_images_in_tiny_bands_equals_one_band(scene):
     from codeformer_core.pipeline import PasteSettings, RunOptions, restore_images
     frames, dets = scene
-    kw = dict(paste=PasteSettings(upscale=2.0), detections=dets)
+    kw = dict(paste=PasteSettings(PasteOptions(upscale=2.0)), detections=dets)
     big = RunOptions(batch_size=8, frames_per_chunk=1, memory_budget=2 ** 34)   # chunks alike: bands differ
     small = RunOptions(batch_size=8, frames_per_chunk=1, memory_budget=200_000)
     one = restore_images(frames, InvertNet(), None, run=big, **kw)

@@ -12,9 +12,12 @@ from PIL import Image
 
 from codeformer_core.faces.align import FFHQ_TEMPLATE_512, align_faces
 from codeformer_core.faces.batch import FaceBatch
-from codeformer_core.faces.paste import (PARSE_LABEL_WEIGHTS, _erode, _reflect101_index,
-                                   gaussian_kernel_1d, parse_labels_to_masks, paste_affines,
-                                   paste_faces, resize_frames, resize_lanczos4)
+from codeformer_core.faces.kernels import erode as _erode
+from codeformer_core.faces.kernels import gaussian_kernel_1d
+from codeformer_core.faces.kernels import reflect101_index as _reflect101_index
+from codeformer_core.faces.masks import PARSE_LABEL_WEIGHTS, parse_labels_to_masks
+from codeformer_core.faces.paste import paste_affines, paste_faces
+from codeformer_core.faces.resize import resize_frames, resize_lanczos4
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "face_golden")
 # Goldens stored as the face region only (see face_golden/ALIGN_PASTE.md): (y0, y1, x0, x1);

@@ -11,6 +11,7 @@ from PIL import Image
 
 from codeformer_core.faces.align import align_faces
 from codeformer_core.faces.detect import DetectOptions, load_detector
+from codeformer_core.faces.paste import PasteOptions
 from codeformer_core.errors import CodeFormerError, InputError, SettingsError, WrongVariantError
 from codeformer_core.pipeline import (PasteSettings, RunOptions, colorize_faces, crop_hole_masks, gray_model_input,
                                       inpaint_faces, restore_faces, restore_images, run_network, to_frames)
@@ -134,7 +135,7 @@ def test_empty_batch(detector):
 def test_chunked_equals_single_calls_and_upscale(astronaut, detector):
     """8 frames through chunks of 3 equal 8 single calls; upscale 2 doubles the size."""
     frames = torch.cat([astronaut * (0.6 + 0.05 * i) for i in range(8)]).permute(0, 2, 3, 1)
-    kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"), paste=PasteSettings(upscale=2.0))
+    kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"), paste=PasteSettings(PasteOptions(upscale=2.0)))
     batched = restore_images(frames, IdentityNet(), detector, run=RunOptions(frames_per_chunk=3), **kw)
     singles = [restore_images(frames[i:i + 1], IdentityNet(), detector, **kw) for i in range(8)]
     assert batched.images.shape == (8, 1024, 1024, 3)

@@ -69,6 +69,7 @@ EXPECTED = {
     "restore_then_upscale": {"Save Image": "input x2"},
     "restore_video_frames": {"Save Video": "clip"},
     "restore_faces_gfpgan": {"Save Image": "input", "Restored crops": CROP},
+    "restore_keep_original_eyes": {"Save Image": "input"},
 }
 # The face-model graph's file: a random-weight GFPGAN built from spandrel's architecture (issue 10).
 FACE_MODEL_FILE = "upscale_models/GFPGANv1.4.pth"

@@ -160,14 +160,15 @@ def loaders(g, model="codeformer.pth", y=0):
     return m, d
 
 
-def detect_restore_paste(g, image, restore_type, model_name, loader_y=0, x=400, **detect):
-    """Image or frames -> Detect -> restore_type -> Paste Faces Back; returns (detect, restore, paste)."""
+def detect_restore_paste(g, image, restore_type, model_name, loader_y=0, x=400, paste=None, **detect):
+    """Image or frames -> Detect -> restore_type -> Paste Faces Back (widgets ``paste``); returns
+    (detect, restore, paste)."""
     m, d = loaders(g, model_name, loader_y)
     det = g.add("CodeFormerDetectFaces", (x, 0), size=[320, 260], **detect)
     g.link(image[0], image[1], det, "image"); g.link(d, "face_detector", det, "face_detector")
     r = g.add(restore_type, (x + 380, 0), size=[300, 100])
     g.link(m, "model", r, "model"); g.link(det, "faces", r, "faces")
-    p = g.add("CodeFormerPasteFaces", (x + 740, 0), size=[320, 220])
+    p = g.add("CodeFormerPasteFaces", (x + 740, 0), size=[320, 220], **(paste or {}))
     g.link(image[0], image[1], p, "image"); g.link(r, "faces", p, "faces")
     return det, r, p
 
@@ -312,9 +313,23 @@ def face_model(info):
                     "files there on first run).")
 
 
+def keep_eyes(info):
+    g = Graph(info)
+    img = g.add("LoadImage", (0, 320), image="astronaut.png")
+    _, _, p = detect_restore_paste(g, (img, "IMAGE"), "CodeFormerRestoreFaces", "codeformer.pth",
+                                   paste={"regions": "face_keep_eyes"})
+    s = g.add("SaveImage", (1520, 0), filename_prefix="codeformer/keep_eyes")
+    g.link(p, "image", s, "images")
+    return g.finish("restore_keep_original_eyes",
+                    "Restores the faces but keeps the original eyes: Paste Faces Back's regions preset "
+                    "face_keep_eyes pastes every face-parsing region except the eyes (keep_regions names others).",
+                    weights_line(RESTORE_WEIGHTS, FACE_WEIGHTS))
+
+
 BUILDERS = {"restore_faces_simple": all_in_one, "restore_faces_modular": modular, "colorize_old_photo": colorize,
             "inpaint_masked_face": inpaint, "txt2img_fix_faces": txt2img, "restore_then_upscale": upscale,
-            "restore_video_frames": video, "restore_faces_gfpgan": face_model}
+            "restore_video_frames": video, "restore_faces_gfpgan": face_model,
+            "restore_keep_original_eyes": keep_eyes}
 
 
 def build_all(object_info: dict) -> dict:

@@ -48,6 +48,26 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                    help="blend faces back with a ParseNet face mask instead of the square feathered "
                         "mask (the original scripts use it; downloads parsing_parsenet.pth)")
     g.add_argument("--color-match", action="store_true", help="match restored faces' colours to the input")
+    g.add_argument("--region-preset", default="face", metavar="PRESET",
+                   help="with --parse: which face regions take the restored pixels: face (the original's: skin, "
+                        "nose, glasses, eyes, brows, ears, mouth, lips, hair), face_keep_eyes, face_keep_mouth, "
+                        "skin_only, face_no_hair, face_and_hair (docs/faces.md)")
+    g.add_argument("--regions", default=None, metavar="NAMES",
+                   help="with --parse: the regions restored instead of the preset, comma-separated, from skin, "
+                        "brows, eyes, glasses, ears, nose, mouth, lips, hair, hat, neck, cloth")
+    g.add_argument("--keep-regions", default=None, metavar="NAMES",
+                   help="with --parse: regions whose original pixels stay (e.g. eyes,mouth)")
+    g.add_argument("--mask-grow", type=int, default=0, metavar="PX",
+                   help="grow the paste mask by PX pixels of the 512 face crop (negative shrinks; default 0)")
+    g.add_argument("--mask-blur", type=int, default=0, metavar="PX",
+                   help="soften the paste mask's edge by a blur of PX pixels of the 512 face crop (default 0)")
+    g.add_argument("--paste-mask", default=None, metavar="FILE",
+                   help="restored pixels are pasted only where this image (the input's size; white = paste, "
+                        "grey blends) is set; one mask for every frame of a video")
+    g.add_argument("--min-face-size", type=int, default=0, metavar="PX",
+                   help="leave faces whose box's short side is under PX pixels alone (0 = no limit)")
+    g.add_argument("--max-face-size", type=int, default=0, metavar="PX",
+                   help="leave faces whose box's short side is over PX pixels alone (0 = no limit)")
     g = p.add_argument_group("background")
     g.add_argument("--bg-upsampler", metavar="PATH",
                    help="upscaler file spandrel can load (e.g. RealESRGAN_x2plus.pth) or a registry name "

@@ -53,6 +53,7 @@ class Networks:
     background_upscaler: Optional[Callable] = None
     face_upscaler: Optional[Callable] = None
     mask: object = None   # [H,W] float32 numpy, 1 = hole
+    paste_mask: object = None   # [H,W] float32 numpy, 0..1: where restored pixels go (--paste-mask)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,10 @@ def open_session(settings: Settings, out: Out) -> Session:
         from dataclasses import replace
         from ..io.images import read_mask
         nets = replace(nets, mask=read_mask(m.mask))
+    if m.paste_mask:
+        from dataclasses import replace
+        from ..io.images import read_mask
+        nets = replace(nets, paste_mask=read_mask(m.paste_mask, soft=True))
     return Session(settings, out, nets)
 
 
@@ -173,9 +178,11 @@ def restore_frames(session: Session, frames, *, sink, smoother=None, progress=No
         frames, nets.model, nets.detector, w=s.fidelity, task=s.task,
         inpaint_masks=None if nets.mask is None else torch.from_numpy(nets.mask)[None],
         has_aligned=s.has_aligned, smoother=smoother, detections=detections, detect=s.detect.options(),
-        paste=pipeline.PasteSettings(upscale=s.upscale, color_match=s.color_match, parser=nets.parser,
+        paste=pipeline.PasteSettings(s.blend.paste_options(s.upscale, s.color_match), parser=nets.parser,
                                      background_upscaler=nets.background_upscaler,
-                                     face_upscaler=nets.face_upscaler),
+                                     face_upscaler=nets.face_upscaler,
+                                     frame_masks=None if nets.paste_mask is None else
+                                     torch.from_numpy(nets.paste_mask)[None]),
         run=pipeline.RunOptions(frames_per_chunk=chunk_frames_for(s, *pipeline.image_batch(frames).shape[1:3]),
                                 batch_size=s.batch_size, progress=progress, memory_budget=s.max_memory),
         sink=sink)

@@ -39,6 +39,7 @@ class ModelSettings:
     bg_tile: int = 400
     face_upsample: bool = False
     mask: Optional[str] = None          # inpaint --mask FILE
+    paste_mask: Optional[str] = None    # --paste-mask FILE
     device: str = "auto"
     dtype: str = "auto"
     models: Optional[str] = None
@@ -63,13 +64,37 @@ class DetectSettings:
     resolution: int = 640
     center_only: bool = False
     max_faces: int = 0
+    min_size: int = 0
+    max_size: int = 0
 
     def options(self):
         """The core's ``DetectOptions`` for these settings."""
         from ..faces.detect import DetectOptions
+        sizes = dict(conf_threshold=self.threshold, resolution=self.resolution, min_size=self.min_size,
+                     max_size=self.max_size)
         if self.center_only:
-            return DetectOptions(conf_threshold=self.threshold, resolution=self.resolution, selection="center")
-        return DetectOptions(conf_threshold=self.threshold, resolution=self.resolution, max_faces=self.max_faces)
+            return DetectOptions(selection="center", **sizes)
+        return DetectOptions(max_faces=self.max_faces, **sizes)
+
+
+@dataclass(frozen=True)
+class BlendSettings:
+    """Which parts of each face take the restored pixels (``paste_options`` turns them into the
+    core's ``faces.paste.PasteOptions``): the ParseNet regions (a preset, or names, less the names
+    to keep; with --parse) and the mask's grow / blur in crop pixels."""
+    region_preset: str = "face"
+    regions: Optional[str] = None
+    keep_regions: Optional[str] = None
+    mask_grow: int = 0
+    mask_blur: int = 0
+
+    def paste_options(self, upscale: float, color_match: bool):
+        """The core's ``PasteOptions`` (region names checked there: InputError naming the choices)."""
+        from ..faces.masks import region_labels
+        from ..faces.paste import PasteOptions
+        return PasteOptions(upscale=upscale, color_match=color_match, mask_grow=self.mask_grow,
+                            mask_blur=self.mask_blur,
+                            regions=region_labels(self.region_preset, self.regions, self.keep_regions))
 
 
 @dataclass(frozen=True)
@@ -80,6 +105,7 @@ class Settings:
     models: ModelSettings
     video: VideoSettings
     detect: DetectSettings
+    blend: BlendSettings
     fidelity: float = 0.5
     upscale: float = 2.0                # resolved: -s, else 1 with --has-aligned, else 2
     has_aligned: bool = False
@@ -111,6 +137,16 @@ def check_args(args: argparse.Namespace, task: str) -> None:
         raise UserError("--smooth must be in [0, 100] frames")
     if not 0 <= args.smooth_online < 1:
         raise UserError("--smooth-online must be in [0, 1)")
+    if (args.regions or args.keep_regions or args.region_preset != "face") and not args.parse:
+        raise UserError("--region-preset / --regions / --keep-regions choose ParseNet regions: add --parse")
+    if not 0 <= args.mask_blur <= 128 or not -128 <= args.mask_grow <= 128:
+        raise UserError("--mask-grow must be in [-128, 128] and --mask-blur in [0, 128] (pixels of the 512 crop)")
+    if args.min_face_size < 0 or args.max_face_size < 0:
+        raise UserError("--min-face-size / --max-face-size must be >= 0 (0 = no limit)")
+    if args.max_face_size and args.min_face_size > args.max_face_size:
+        raise UserError(f"--min-face-size {args.min_face_size} is above --max-face-size {args.max_face_size}")
+    if args.paste_mask and args.has_aligned:
+        raise UserError("--paste-mask is for whole images; aligned faces (--has-aligned) are not pasted back")
     if args.face_model and args.model:
         raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 
@@ -126,12 +162,15 @@ def settings_from_args(args: argparse.Namespace, task: str) -> Settings:
         models=ModelSettings(model=args.model, face_model=getattr(args, "face_model", None),
                              detector=args.detector, parse=args.parse, bg_upsampler=args.bg_upsampler,
                              bg_tile=args.bg_tile, face_upsample=args.face_upsample,
-                             mask=getattr(args, "mask", None), device=args.device, dtype=args.dtype,
+                             mask=getattr(args, "mask", None), paste_mask=args.paste_mask, device=args.device, dtype=args.dtype,
                              models=getattr(args, "models", None), no_download=args.no_download),
         video=VideoSettings(fps=args.fps, smooth=args.smooth, smooth_online=args.smooth_online, crf=args.crf,
                             codec=args.video_codec),
         detect=DetectSettings(threshold=args.detection_threshold, resolution=args.detection_resolution,
-                              center_only=args.only_center_face, max_faces=args.max_faces or 0),
+                              center_only=args.only_center_face, max_faces=args.max_faces or 0,
+                              min_size=args.min_face_size, max_size=args.max_face_size),
+        blend=BlendSettings(region_preset=args.region_preset, regions=args.regions,
+                            keep_regions=args.keep_regions, mask_grow=args.mask_grow, mask_blur=args.mask_blur),
         fidelity=args.fidelity, upscale=upscale, has_aligned=args.has_aligned, color_match=args.color_match,
         draw_box=args.draw_box, batch_size=None if args.batch_size is None else max(1, args.batch_size),
         frames_per_chunk=max(1, args.frames_per_chunk), max_memory=args.max_memory, threads=args.threads,

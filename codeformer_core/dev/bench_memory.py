@@ -71,6 +71,7 @@ def child(args) -> int:
     from .. import pipeline
     from ..faces.align import FFHQ_TEMPLATE_512
     from ..faces.detect import Detections
+    from ..faces.paste import PasteOptions
     from ..models.loader import load_model
     w, h = (int(v) for v in args.size.split("x"))
     model = load_model(Path(args.models) / "facerestore_models" / "codeformer.pth", device="cpu")
@@ -93,7 +94,7 @@ def child(args) -> int:
 
     t0 = time.perf_counter()
     res = pipeline.restore_images(photo, model, None, detections=dets, sink=sink,
-                                  paste=pipeline.PasteSettings(upscale=args.upscale),
+                                  paste=pipeline.PasteSettings(PasteOptions(upscale=args.upscale)),
                                   run=pipeline.RunOptions(batch_size=4, memory_budget=args.max_memory))
     print(f"faces {res.total_faces}, pipeline {time.perf_counter() - t0:.1f} s")
     return 0

@@ -38,7 +38,8 @@ import torch
 
 from ..faces.align import align_faces
 from ..faces.detect import FaceDetector
-from ..faces.paste import paste_bands, parse_labels_to_masks
+from ..faces.masks import parse_labels_to_masks
+from ..faces.paste import paste_bands
 from ..models.codeformer import expected_shapes
 from ..models.loader import load_model, resolve_device
 from ..models.parsenet import load_parsenet, parse_faces

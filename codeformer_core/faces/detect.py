@@ -114,6 +114,8 @@ class DetectOptions:
     sort_by: str = "area"
     index: int = 0
     max_faces: int = 0
+    min_size: float = 0.0
+    max_size: float = 0.0
     chunk_size: Optional[int] = None
 
     def kwargs(self) -> dict:
@@ -171,12 +173,15 @@ class FaceDetector:
     def detect(self, frames: torch.Tensor, conf_threshold: float = DEFAULT_CONF_THRESHOLD,
                nms_threshold: float = DEFAULT_NMS_THRESHOLD, resolution: Optional[int] = DEFAULT_RESOLUTION,
                min_eye_distance: float = 0.0, selection: str = "all", sort_by: str = "area",
-               index: int = 0, max_faces: int = 0, chunk_size: Optional[int] = None) -> Detections:
+               index: int = 0, max_faces: int = 0, min_size: float = 0, max_size: float = 0,
+               chunk_size: Optional[int] = None) -> Detections:
         """Detect, filter and select faces per frame.
 
         resolution: short side the frames are resized to for the network (area when
             shrinking, bilinear when enlarging); None or 0 keeps the original size.
         min_eye_distance: drop faces whose eye landmarks are closer than this (frame pixels).
+        min_size, max_size: drop faces whose box's short side (frame pixels) is below / above
+            these (0 = no limit); selection and index apply to the faces left.
         selection: 'all' (every face, up to ``max_faces`` per frame in ``sort_by`` order),
             'largest' (largest box area inside the frame), 'center' (box centre nearest the
             frame centre), 'index' (the ``index``-th face in ``sort_by`` order; negative counts
@@ -186,6 +191,7 @@ class FaceDetector:
         Returns Detections on the frames' device, in original frame coordinates.
         """
         _check_selection(selection, sort_by)
+        _check_sizes(min_size, max_size)
         if frames.dim() != 4 or frames.shape[1] != 3:
             raise ValueError(f"frames must be [B,3,H,W] RGB, got shape {tuple(frames.shape)}")
         if not frames.is_floating_point():
@@ -193,7 +199,7 @@ class FaceDetector:
         dets = self._detect_all(frames, float(conf_threshold), float(nms_threshold), resolution,
                                 int(chunk_size or self.chunk_size))
         dets = select_faces(dets, min_eye_distance=min_eye_distance, selection=selection,
-                            sort_by=sort_by, index=index, max_faces=max_faces)
+                            sort_by=sort_by, index=index, max_faces=max_faces, min_size=min_size, max_size=max_size)
         return dets.to(frames.device)
 
     def _detect_all(self, frames: torch.Tensor, conf_threshold: float, nms_threshold: float,
@@ -248,16 +254,34 @@ def _check_selection(selection: str, sort_by: str) -> None:
         raise ValueError(f"sort_by must be one of {SORT_KEYS}, got {sort_by!r}")
 
 
+def _check_sizes(min_size: float, max_size: float) -> None:
+    if min_size < 0 or max_size < 0:
+        raise ValueError(f"min_size and max_size must be >= 0 (0 = no limit), got {min_size} and {max_size}")
+    if min_size > 0 and max_size > 0 and min_size > max_size:
+        raise ValueError(f"min_size {min_size:g} is more than max_size {max_size:g}: no face can be both")
+
+
 def select_faces(dets: Detections, min_eye_distance: float = 0.0, selection: str = "all",
-                 sort_by: str = "area", index: int = 0, max_faces: int = 0) -> Detections:
+                 sort_by: str = "area", index: int = 0, max_faces: int = 0, min_size: float = 0,
+                 max_size: float = 0) -> Detections:
     """Per-frame filtering, ordering and picking (see FaceDetector.detect for the options).
 
     Separate from detection so a node can re-select faces without running the network again.
     """
     _check_selection(selection, sort_by)
+    _check_sizes(min_size, max_size)
     if min_eye_distance and min_eye_distance > 0 and len(dets):
         eye_distance = torch.linalg.vector_norm(dets.landmarks[:, 0] - dets.landmarks[:, 1], dim=-1)
         dets = dets.select(eye_distance >= min_eye_distance)
+    if (min_size > 0 or max_size > 0) and len(dets):   # faces of other sizes are left alone
+        wh = dets.boxes[:, 2:] - dets.boxes[:, :2]
+        short = wh.amin(1)
+        keep = torch.ones_like(short, dtype=torch.bool)
+        if min_size > 0:
+            keep &= short >= min_size
+        if max_size > 0:
+            keep &= short <= max_size
+        dets = dets.select(keep)
     if len(dets) == 0:
         return dets
     index, max_faces = int(index), int(max_faces)

@@ -1,4 +1,4 @@
-"""Batched paste-back of restored face crops into (optionally upscaled) frames.
+"""The band compositor: restored face crops pasted back into (optionally upscaled) frames.
 
 Follows the reference face helper's paste-back (facexlib 0.3.0; the rules, including OpenCV's
 kernel and border details, are written out in docs/faces.md). Everything runs as a few batched
@@ -8,326 +8,86 @@ tensor ops on the frames' device:
   all faces, so one grid_sample covers every face of the batch), never over the whole frame;
 * the warped "ones" mask is computed in closed form (bilinear coverage), erosions are separable
   sliding minima (log-doubling of shifted slices), the Gaussian feather is a separable grouped
-  convolution with per-face kernels and reflect-101 borders at the image edges;
-* only the final blend touches the output frames, in place, face by face.
+  convolution with per-face kernels and reflect-101 borders at the image edges (``kernels``);
+* only the final blend touches the output frames, in place, face by face, band by band.
 
 Overlapping faces of one frame are composited as the reference does: in detection-score order
 (highest first), each later face drawn over the earlier ones, whatever order ``faces`` is sorted in
 for output and selection (``order="given"`` composites in the batch's order instead).
+
+The user's choices travel in one frozen ``PasteOptions``; the background resize is ``resize``, the
+parse masks ``masks``, pixel formats ``codeformer_core.pixels``.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterator, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
+from ..pixels import PIXEL_SCALES, float_dtype, to_luminance, to_unit
 from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
                        row_chunks, translation, window_grid)
+from .kernels import erode, gaussian_kernel_1d, sep_blur
+from .masks import ORIGINAL_LABELS, check_frame_masks, shape_masks
+from .resize import resize_frames, resize_input_rows, resize_lanczos4, resize_row_step
 
-__all__ = ["paste_faces", "paste_bands", "paste_affines", "paste_order", "PASTE_ORDERS", "parse_labels_to_masks",
-           "resize_lanczos4", "resize_frames", "resize_row_step", "resize_input_rows", "to_unit",
-           "PIXEL_SCALES", "PARSE_LABEL_WEIGHTS", "gaussian_kernel_1d",
-           "to_luminance"]
+__all__ = ["PasteOptions", "paste_faces", "paste_bands", "paste_affines", "paste_order", "PASTE_ORDERS",
+           "LAYER_PLANES"]
 
-# facexlib's per-label weights for ParseNet's 19 classes: 1-13 and 15 are pasted (0 = dropped:
-# background, neck, cloth, hair, hat in the CelebAMask-HQ order).
-PARSE_LABEL_WEIGHTS = (0, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 255, 0, 255,
-                       0, 0, 0)
-
-# cv2.GaussianBlur with sigma 0 derives sigma from ksize, except for ksize <= 9, where it uses
-# these fixed kernels (OpenCV 4.x and 5.0); small faces get such feathers.
-_FIXED_GAUSS = {
-    1: (1.0,),
-    3: (1.0, 2.0, 1.0),
-    5: (1.0, 4.0, 6.0, 4.0, 1.0),
-    7: (1.0, 3.5, 7.0, 9.0, 7.0, 3.5, 1.0),
-    9: (2.0, 6.5, 15.0, 25.5, 30.0, 25.5, 15.0, 6.5, 2.0),
-}
-
-_LUMA = (0.299, 0.587, 0.114)  # BT.601, sums to 1 so a grey face stays exactly grey
+PASTE_ORDERS = ("score", "given")
 
 
-# ----------------------------------------------------------------------------- small helpers
+@dataclass(frozen=True)
+class PasteOptions:
+    """How faces are pasted back (what the user chooses; the data travel as arguments).
 
-def gaussian_kernel_1d(ksize: int, sigma: Optional[float] = None) -> torch.Tensor:
-    """OpenCV's 1-D Gaussian (float64): fixed kernels for ksize <= 9 when sigma is derived."""
-    if ksize % 2 != 1 or ksize < 1:
-        raise ValueError(f"ksize must be odd and positive, got {ksize}")
-    if (sigma is None or sigma <= 0) and ksize in _FIXED_GAUSS:
-        k = torch.tensor(_FIXED_GAUSS[ksize], dtype=torch.float64)
-        return k / k.sum()
-    if sigma is None or sigma <= 0:
-        sigma = 0.3 * ((ksize - 1) * 0.5 - 1) + 0.8
-    x = torch.arange(ksize, dtype=torch.float64) - (ksize - 1) / 2
-    k = torch.exp(-(x * x) / (2.0 * sigma * sigma))
-    return k / k.sum()
-
-
-def _reflect101_index(n: int, lo: int, hi: int, device) -> torch.Tensor:
-    """Source indices for padding a length-n axis by (lo, hi) with OpenCV's reflect-101 border.
-
-    Works for any pad width (repeated reflection), unlike F.pad's "reflect".
+    upscale: output size factor of the whole image (> 0). visibility: opacity of the pasted faces,
+    a number or one per face ([N] tensor). color_match: give each restored face the original
+    crop's per-channel mean / std (inside the parse mask or a central face ellipse). feather:
+    edge softness of the square mask in output pixels (None: the reference's, from the face
+    size). keep_gray: faces found grey (``faces.gray``) are pasted as luminance. order: "score"
+    (the reference's compositing order) or "given" (``paste_order``). regions: the ParseNet labels
+    that take the restored pixels, for whoever makes the parse masks
+    (``masks.parse_labels_to_masks(labels, options.regions)``; ``masks.region_labels`` turns a preset
+    and region names into them; the default is the reference's). mask_grow, mask_blur: pixels of
+    the crop (512) by which the blend mask, parse or square alike, is grown (negative: shrunk) and
+    then blurred, in the crop before the inverse warp (``masks.shape_masks``; 0, 0 = as the reference).
     """
-    i = torch.arange(-lo, n + hi, device=device)
-    if n == 1:
-        return torch.zeros_like(i)
-    period = 2 * n - 2
-    j = torch.remainder(i, period)
-    return torch.where(j >= n, period - j, j)
+    upscale: float = 1.0
+    visibility: Union[float, torch.Tensor] = 1.0
+    color_match: bool = False
+    feather: Optional[int] = None
+    keep_gray: bool = True
+    order: str = "score"
+    regions: frozenset = ORIGINAL_LABELS
+    mask_grow: int = 0
+    mask_blur: int = 0
 
+    def __post_init__(self):
+        if not float(self.upscale) > 0:
+            raise ValueError(f"upscale must be > 0, got {self.upscale}")
+        if self.order not in PASTE_ORDERS:
+            raise ValueError(f"order must be one of {PASTE_ORDERS}, got {self.order!r}")
+        if self.feather is not None and int(self.feather) < 0:
+            raise ValueError(f"feather must be >= 0 (or None for automatic), got {self.feather}")
+        if int(self.mask_blur) < 0:
+            raise ValueError(f"mask_blur must be >= 0, got {self.mask_blur}")
+        object.__setattr__(self, "regions", frozenset(int(r) for r in self.regions))
 
-def _sep_blur(x: torch.Tensor, kernels: torch.Tensor,
-              reflect_sides: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Separable blur of x [N,1,H,W] with per-face odd kernels [N,K] (centred).
+    @property
+    def shapes_mask(self) -> bool:
+        """Whether mask_grow / mask_blur change the blend mask."""
+        return bool(int(self.mask_grow) or int(self.mask_blur))
 
-    Borders are OpenCV's reflect-101. ``reflect_sides`` [N,4] bool (top, bottom, left, right)
-    marks which window sides are real image edges; the other sides are padded with the window's
-    own edge pixel, which must be 0 there (a paste window holds the whole mask with a margin, so
-    the image beyond it is 0 too, as zero padding would give). Both axes are padded by one
-    gather (padding rows commutes with filtering along rows), then two grouped convolutions.
-    """
-    n, _, h, w = x.shape
-    K = kernels.shape[1]
-    if K == 1:
-        return x * kernels.view(n, 1, 1, 1).to(x.dtype)
-    p = K // 2
-    wk = kernels.to(x.dtype)
-    dev = x.device
-    ri = _reflect101_index(h, p, p, dev)[None].repeat(n, 1)               # [N,h+2p]
-    ci = _reflect101_index(w, p, p, dev)[None].repeat(n, 1)
-    if reflect_sides is not None:
-        rs = reflect_sides.to(dev)
-        ri[:, :p] *= rs[:, 0:1].long()                                     # edge row 0 (zero)
-        ri[:, h + p:] = torch.where(rs[:, 1:2], ri[:, h + p:], torch.full_like(ri[:, h + p:], h - 1))
-        ci[:, :p] *= rs[:, 2:3].long()
-        ci[:, w + p:] = torch.where(rs[:, 3:4], ci[:, w + p:], torch.full_like(ci[:, w + p:], w - 1))
-    b = torch.arange(n, device=dev)[:, None, None]
-    xi = x[:, 0][b, ri[:, :, None], ci[:, None, :]]                         # [N,h+2p,w+2p]
-    y = F.conv2d(xi[None], wk.view(n, 1, 1, K), groups=n)                   # [1,N,h+2p,w]
-    y = F.conv2d(y, wk.view(n, 1, K, 1), groups=n)                          # [1,N,h,w]
-    return y.reshape(n, 1, h, w)
+    @classmethod
+    def of(cls, options: Optional["PasteOptions"] = None, **fields) -> "PasteOptions":
+        """``options`` (default: the defaults) with ``fields`` given as keywords on top."""
+        base = cls() if options is None else options
+        return replace(base, **fields) if fields else base
 
-
-def _sliding_min(x: torch.Tensor, k: int, dim: int) -> torch.Tensor:
-    """Minimum over k consecutive entries along dim (output shorter by k - 1).
-
-    Windows of length p double by min(e[i], e[i + p]); two overlapping power-of-two windows
-    then cover any k: log2(k) + 1 elementwise minima instead of a k-wide pool. The steps take
-    turns writing into two buffers (a face window's plane each), not a new tensor per step.
-    """
-    buffers, turn = None, 0
-    e, p = x, 1
-
-    def minimum(shift: int, L: int) -> torch.Tensor:
-        nonlocal buffers, turn
-        if buffers is None:
-            buffers = (torch.empty_like(x, memory_format=torch.contiguous_format),
-                       torch.empty_like(x, memory_format=torch.contiguous_format))
-        out = buffers[turn].narrow(dim, 0, L)
-        turn ^= 1
-        return torch.minimum(e.narrow(dim, 0, L), e.narrow(dim, shift, L), out=out)
-
-    while 2 * p <= k:
-        e = minimum(p, e.shape[dim] - p)
-        p *= 2
-    if p < k:
-        e = minimum(k - p, e.shape[dim] - (k - p))
-    return e
-
-
-def _erode_k(x: torch.Tensor, k: int) -> torch.Tensor:
-    a, b = k // 2, k - 1 - k // 2
-    x = F.pad(x, (a, b, a, b), value=float("inf"))
-    return _sliding_min(_sliding_min(x, k, 3), k, 2)
-
-
-def _erode(x: torch.Tensor, k: Union[int, torch.Tensor]) -> torch.Tensor:
-    """Grey erosion of x [N,1,H,W] by an all-ones k x k square, OpenCV anchor (k//2, k//2).
-
-    The window of output y covers rows y - k//2 .. y + k - 1 - k//2 (one more row above than
-    below for even k), same for columns; pixels outside the array are ignored (+inf border),
-    which is exact for paste windows: they end either at the image edge or in zeros.
-    ``k`` may differ per face (faces sharing a size are eroded together).
-    """
-    n = x.shape[0]
-    if isinstance(k, int):
-        return x if k <= 1 else _erode_k(x, k)
-    kl = torch.as_tensor(k).reshape(-1).expand(n).tolist()
-    uniq = sorted(set(kl))
-    if len(uniq) == 1:
-        return x if uniq[0] <= 1 else _erode_k(x, uniq[0])
-    out = torch.empty_like(x)
-    for kv in uniq:
-        sel = torch.tensor([i for i, kk in enumerate(kl) if kk == kv], device=x.device)
-        out[sel] = x[sel] if kv <= 1 else _erode_k(x[sel], kv)
-    return out
-
-
-def to_luminance(rgb: torch.Tensor) -> torch.Tensor:
-    """[N,3,H,W] -> same shape with R = G = B = BT.601 luma (a grey photo stays grey)."""
-    c = torch.tensor(_LUMA, dtype=rgb.dtype, device=rgb.device).view(1, 3, 1, 1)
-    return (rgb * c).sum(1, keepdim=True).expand_as(rgb).contiguous()
-
-
-# ----------------------------------------------------------------------------- resizing
-
-def _lanczos4_weights(fx: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """OpenCV INTER_LANCZOS4 taps for source positions fx: first tap index floor(fx) - 3 and
-    8 weights sinc(d) sinc(d / 4) (d = distance to the tap), normalised to sum 1."""
-    sx = torch.floor(fx)
-    t = fx - sx
-    taps = torch.arange(-3, 5, dtype=torch.float64, device=fx.device)
-    dist = t[:, None] - taps[None, :]
-    wgt = torch.sinc(dist) * torch.sinc(dist / 4.0)
-    return sx.long() - 3, wgt / wgt.sum(1, keepdim=True)
-
-
-def _lanczos4_axis(x: torch.Tensor, dim: int, out_n: int, rows: Optional[Tuple[int, int]] = None,
-                   in_n: Optional[int] = None, in_offset: int = 0) -> torch.Tensor:
-    """Lanczos-4 along one axis of a 4-D tensor, like cv2.resize: output d samples the input
-    at (d + 0.5) * in/out - 0.5, borders replicated.
-
-    When in/out reduces to Q/P with a small P (2x, 1.5x, ...), output P*j + r always uses the
-    same 8 weights on inputs Q*j + const: 8 scalar multiply-adds of strided slices per phase r,
-    interleaved at the end. Other ratios gather 8 taps per output.
-
-    ``rows`` (dim 2 only): just outputs ``rows[0]:rows[1]``, reading only the input rows they
-    need; both ends multiples of ``resize_row_step`` (or ``out_n``), so every output row is
-    computed by the same operations as in the whole resize. ``x`` may then hold only input rows
-    ``in_offset ..`` (at least ``resize_input_rows``) of an input ``in_n`` rows long.
-    """
-    in_n = x.shape[dim] if in_n is None else int(in_n)
-    o0, o1 = (0, out_n) if rows is None else (int(rows[0]), int(rows[1]))
-    if in_n == out_n:
-        return x if rows is None else x.narrow(dim, o0 - in_offset, o1 - o0)
-    dev = x.device
-    g = math.gcd(in_n, out_n)
-    P, Q = out_n // g, in_n // g
-    if P <= 16:
-        if o0 % P or (o1 % P and o1 != out_n):
-            raise ValueError(f"rows {o0}:{o1} are not on {P}-row phase boundaries")
-        j0, j1 = o0 // P, -(-o1 // P)                 # phase groups j: outputs P*j + r
-        d = torch.arange(P, dtype=torch.float64)
-        first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
-        a = int(first.min()) + Q * j0                 # first and last input row read
-        b = int(first.max()) + 7 + Q * (j1 - 1)
-        lo, hi = max(0, -a), max(0, b - (in_n - 1))
-        xs = x.narrow(dim, max(0, a) - in_offset, min(in_n - 1, b) + 1 - max(0, a))
-        pad = (lo, hi, 0, 0) if dim == 3 else (0, 0, lo, hi)
-        xp = F.pad(xs, pad, mode="replicate") if (lo or hi) else xs   # xp's index 0 is input row a
-        phases = []
-        for r in range(P):
-            acc = None
-            for k in range(8):
-                sl = [slice(None)] * 4
-                st = int(first[r]) + k + Q * j0 - a
-                sl[dim] = slice(st, st + Q * (j1 - j0 - 1) + 1, Q)
-                v = xp[tuple(sl)]
-                wk = float(wgt[r, k])
-                acc = v * wk if acc is None else acc.add_(v, alpha=wk)
-            phases.append(acc)
-        y = torch.stack(phases, dim + 1)
-        shape = list(x.shape)
-        shape[dim] = o1 - o0
-        return y.reshape(shape)
-    if dim == 3:  # work on rows: transpose, resize dim 2, transpose back
-        return _lanczos4_axis(x.transpose(2, 3), 2, out_n).transpose(2, 3)
-    # Blocked banded matmul: each block of 32 output rows reads a short run of input rows, so
-    # one bmm of [blocks, 32, run] weights with the gathered runs does the whole axis.
-    d = torch.arange(o0, o1, dtype=torch.float64)
-    n_out = o1 - o0
-    first, wgt = _lanczos4_weights((d + 0.5) * (in_n / out_n) - 0.5)
-    bo = 32
-    nb = -(-n_out // bo)
-    pad_o = nb * bo - n_out
-    first = torch.cat([first, first[-1:].expand(pad_o)])
-    wgt = torch.cat([wgt, torch.zeros(pad_o, 8, dtype=wgt.dtype)])
-    fb = first.view(nb, bo)
-    start = fb[:, 0]
-    run = int((fb[:, -1] + 8 - start).max())
-    cols = (fb - start[:, None])[..., None] + torch.arange(8)                 # [nb,bo,8]
-    wb = torch.zeros(nb, bo, run, dtype=torch.float64)
-    wb.scatter_add_(2, cols, wgt.view(nb, bo, 8))
-    rows_in = (start[:, None] + torch.arange(run)).clamp(0, in_n - 1)        # replicate border
-    B, C, _, W = x.shape
-    xr = x.permute(2, 0, 1, 3).reshape(x.shape[2], B * C * W)
-    xb = xr.index_select(0, (rows_in.flatten() - in_offset).to(dev)).view(nb, run, B * C * W)
-    y = torch.bmm(wb.to(device=dev, dtype=x.dtype), xb)                      # [nb,bo,N]
-    y = y.view(nb * bo, B, C, W)[:n_out]
-    return y.permute(1, 2, 0, 3)
-
-
-def resize_input_rows(in_h: int, out_h: int, r0: int, r1: int) -> Tuple[int, int]:
-    """The input rows [a, b) an enlarging ``resize_frames`` reads for output rows [r0, r1)."""
-    first, _ = _lanczos4_weights((torch.tensor([r0, r1 - 1], dtype=torch.float64) + 0.5) * (in_h / out_h) - 0.5)
-    return max(0, int(first[0])), min(in_h, int(first[1]) + 8)
-
-
-def resize_row_step(in_h: int, out_h: int) -> int:
-    """Row bands of a resize from ``in_h`` to ``out_h`` rows must start at multiples of this for
-    ``resize_frames(..., rows=...)`` to compute each row exactly as the whole resize does."""
-    if out_h <= in_h:
-        return 1
-    p = out_h // math.gcd(in_h, out_h)
-    return p if p <= 16 else 32
-
-
-def resize_lanczos4(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None,
-                    in_h: Optional[int] = None, in_offset: int = 0) -> torch.Tensor:
-    """Lanczos-4 resize of [B,C,H,W] float like cv2.resize(INTER_LANCZOS4), clamped to 0..1
-    (the reference resizes uint8, which saturates). ``rows``: only those output rows; ``x`` may
-    then be input rows ``in_offset ..`` of an input ``in_h`` rows tall (``resize_input_rows``)."""
-    xf = x.to(torch.float32) if x.dtype not in (torch.float32, torch.float64) else x
-    y = _lanczos4_axis(_lanczos4_axis(xf, 2, out_h, rows, in_h, in_offset), 3, out_w)
-    return y.clamp_(0.0, 1.0).to(x.dtype).contiguous()
-
-
-def resize_frames(x: torch.Tensor, out_h: int, out_w: int, rows: Optional[Tuple[int, int]] = None) -> torch.Tensor:
-    """Background resize: Lanczos-4 (the reference) when enlarging; antialiased bicubic when
-    shrinking, where the reference's Lanczos-4 would alias. ``rows`` (r0, r1): only those output
-    rows, reading only the input rows they need when enlarging (r0 and r1 multiples of
-    ``resize_row_step``, or r1 = ``out_h``); a shrink is computed whole and cut."""
-    if x.shape[-2:] == (out_h, out_w):
-        return x if rows is None else x[:, :, rows[0]:rows[1]]
-    if out_h >= x.shape[-2] and out_w >= x.shape[-1]:
-        return resize_lanczos4(x, out_h, out_w, rows)
-    y = F.interpolate(x.to(torch.float32), size=(out_h, out_w), mode="bicubic",
-                      align_corners=False, antialias=True)
-    y = y if rows is None else y[:, :, rows[0]:rows[1]]
-    return y.clamp_(0.0, 1.0).to(x.dtype)
-
-
-# ----------------------------------------------------------------------------- parse masks
-
-def parse_labels_to_masks(labels: torch.Tensor) -> torch.Tensor:
-    """ParseNet label maps [N,S,S] (int) -> paste weights [N,1,S,S] float32 in 0..1.
-
-    As the reference: per-label weight (0/255) -> Gaussian 101x101, sigma 11, twice, reflect-101
-    border -> a 10-pixel band on all sides set to 0 -> /255. The soft edge keeps hair and background
-    of the original while the face blends in.
-    """
-    if labels.dim() == 2:
-        labels = labels[None]
-    lab = labels.long()
-    table = torch.tensor(PARSE_LABEL_WEIGHTS, dtype=torch.float32, device=lab.device)
-    m = table[lab.clamp(0, len(PARSE_LABEL_WEIGHTS) - 1)][:, None]       # [N,1,H,W]
-    n = m.shape[0]
-    if n == 0:
-        return m
-    k = gaussian_kernel_1d(101, 11.0).to(device=m.device, dtype=torch.float32)
-    kern = k[None].expand(n, -1)
-    m = _sep_blur(_sep_blur(m, kern), kern)
-    h, w = m.shape[-2:]
-    band = torch.zeros(h, w, dtype=torch.bool, device=m.device)
-    band[10:h - 10, 10:w - 10] = True
-    return (m * band) / 255.0
-
-
-# ----------------------------------------------------------------------------- paste
 
 def _color_match(restored: torch.Tensor, original: torch.Tensor,
                  weights: torch.Tensor) -> torch.Tensor:
@@ -379,8 +139,6 @@ def paste_affines(inverse_affines: torch.Tensor, upscale: float = 1.0, crop_size
     return inv
 
 
-PASTE_ORDERS = ("score", "given")
-
 
 def paste_order(faces: FaceBatch, order: str = "score") -> list:
     """Face indices in the order they are composited (later ones on top where faces overlap).
@@ -396,13 +154,12 @@ def paste_order(faces: FaceBatch, order: str = "score") -> list:
 
 
 def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
-                upscale: float = 1.0, background: Optional[torch.Tensor] = None,
+                options: Optional[PasteOptions] = None, *, parse_masks: Optional[torch.Tensor] = None,
+                frame_masks: Optional[torch.Tensor] = None, background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                parse_masks: Optional[torch.Tensor] = None,
-                visibility: Union[float, torch.Tensor] = 1.0, color_match: bool = False,
-                feather: Optional[int] = None, keep_gray: bool = True, order: str = "score",
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Paste restored crops back; returns (frames [B,3,Hs,Ws], mask [B,1,Hs,Ws]).
+                **fields) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Paste restored crops back; returns (frames [B,3,Hs,Ws], mask [B,1,Hs,Ws]): ``paste_bands``
+    in one band of all rows (float frames only).
 
     Hs, Ws = int(H * upscale), int(W * upscale). Background: ``background`` (resized if its size
     differs), else ``background_upscaler(frames)`` when upscale != 1, else a Lanczos-4 resize
@@ -412,34 +169,32 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     Square mode (no parse_masks), per face: warped ones mask -> erode int(2s) -> face * mask,
     area -> w_edge = int(sqrt(area)) // 20 (or ``feather``) -> erode 2*w_edge (3x3 when 0) ->
     Gaussian (2*w_edge+1) -> blend. Parse mode: the blend weight is the inverse-warped parse
-    mask [N,1,S,S] (see parse_labels_to_masks) and the face is not multiplied by a square mask.
-    ``visibility`` (scalar or [N]) scales the blend weight. ``keep_gray`` turns faces whose
-    ``faces.gray`` is set into luminance; ``color_match`` transfers the original crop's
-    per-channel mean/std (inside the parse mask or a central face ellipse) to the restored one.
+    mask [N,1,S,S] (see ``masks.parse_labels_to_masks``) and the face is not multiplied by a
+    square mask. ``options``: a ``PasteOptions`` (upscale, visibility, colour match, feather,
+    gray, order, regions, mask shape); ``fields``: the same given as keywords (``upscale=2``), over
+    ``options``. ``frame_masks`` (a MASK [B,H,W] of the input frames' size, or one [H,W]): restored
+    pixels only where it is set, its soft values kept (it multiplies the blend weight).
     The returned mask is the union of the soft masks, 1 - prod(1 - soft_i): the share of each
-    output pixel that comes from restored faces. ``order``: see ``paste_order``.
-
-    ``paste_bands`` gives the same result in bands of rows, without the whole output in memory.
+    output pixel that comes from restored faces.
     """
     if not frames.is_floating_point():
         raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
-    (_, out, mask_out), = paste_bands(frames, faces, restored, upscale, background=background,
-                                      background_upscaler=background_upscaler, parse_masks=parse_masks,
-                                      visibility=visibility, color_match=color_match, feather=feather,
-                                      keep_gray=keep_gray, order=order)
+    (_, out, mask_out), = paste_bands(frames, faces, restored, options, parse_masks=parse_masks,
+                                      frame_masks=frame_masks, background=background, background_upscaler=background_upscaler, **fields)
     return out, mask_out
 
 
 def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch.Tensor] = None,
-                upscale: float = 1.0, *, band_rows: Optional[int] = None, layer_bytes: Optional[int] = None,
-                background: Optional[torch.Tensor] = None,
+                options: Optional[PasteOptions] = None, *, parse_masks: Optional[torch.Tensor] = None,
+                frame_masks: Optional[torch.Tensor] = None, background: Optional[torch.Tensor] = None,
                 background_upscaler: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-                parse_masks: Optional[torch.Tensor] = None, visibility: Union[float, torch.Tensor] = 1.0,
-                order: str = "score", **face_options) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
-    """``paste_faces`` in bands of about ``band_rows`` output rows (None: one band of all rows):
-    yields (first row, frames [B,3,r,Ws], mask [B,1,r,Ws]) band after band, top to bottom.
-    ``frames`` may also be integer pixels (uint8, 16-bit: ``PIXEL_SCALES``), e.g. a view of a
-    photo as read, converted band by band: no float copy of a whole large frame is needed.
+                band_rows: Optional[int] = None, layer_bytes: Optional[int] = None,
+                **fields) -> Iterator[Tuple[int, torch.Tensor, torch.Tensor]]:
+    """The compositor: ``paste_faces`` in bands of about ``band_rows`` output rows (None: one
+    band of all rows): yields (first row, frames [B,3,r,Ws], mask [B,1,r,Ws]) band after band,
+    top to bottom. ``frames`` may also be integer pixels (uint8, 16-bit: ``pixels.PIXEL_SCALES``),
+    e.g. a view of a photo as read, converted band by band: no float copy of a whole large frame
+    is needed.
 
     The faces' warped layers are made once; each band holds only its rows of the background
     (the resize reads only the input rows it needs; an upscaler with ``rows`` runs only the
@@ -449,9 +204,12 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     output's is computed whole once and handed out band by band. ``layer_bytes``: the faces'
     layers are made a group of faces at a time, each group within about this many bytes (None:
     all at once, as ``paste_faces``); a big face needs ~``LAYER_PLANES`` float planes of its
-    window meanwhile. ``face_options``: the other options of ``paste_faces`` (color_match,
-    feather, keep_gray).
+    window meanwhile. Faces whose layers are made in other groups than ``paste_faces`` makes them
+    (one group per call) can get another window origin, which moves some of their blend weights by
+    float32 rounding (a last-bit difference, 6e-8 seen); the same groups give the same bits.
+    ``options`` / ``fields``: as ``paste_faces``.
     """
+    opts = PasteOptions.of(options, **fields)
     if frames.dim() != 4 or frames.shape[1] != 3:
         raise ValueError(f"frames must be [B,3,H,W], got {tuple(frames.shape)}")
     B, _, H, W = frames.shape
@@ -459,9 +217,7 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
         raise ValueError(f"faces were aligned on {faces.num_frames} frames, got {B}")
     if (int(H), int(W)) != tuple(faces.frame_size):
         raise ValueError(f"faces were aligned on frames of size {faces.frame_size}, got {(H, W)}")
-    s = float(upscale)
-    if not s > 0:
-        raise ValueError("upscale must be > 0")
+    s = float(opts.upscale)
     Hs, Ws = int(H * s), int(W * s)
     if not frames.is_floating_point() and frames.dtype not in PIXEL_SCALES:
         raise TypeError("frames must be float (0..1) or integer pixels, got " + str(frames.dtype))
@@ -471,9 +227,14 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     if rest.shape[0] != n:
         raise ValueError(f"expected {n} restored crops, got {rest.shape[0]}")
     pm = None if parse_masks is None or not n else parse_masks.reshape(n, 1, *parse_masks.shape[-2:])
-    vis = _as_per_face(visibility, n, frames.device)
+    vis = _as_per_face(opts.visibility, n, frames.device)
+    fm = None
+    if frame_masks is not None and n:   # the blend weight's frame factor, at the output's size
+        fm = check_frame_masks(frame_masks.to(frames.device), B, (H, W))[:, None]
+        if (Hs, Ws) != (H, W):
+            fm = F.interpolate(fm, size=(Hs, Ws), mode="bilinear", align_corners=False).clamp_(0.0, 1.0)
     Sr = int(rest.shape[-1])
-    composite_order = paste_order(faces, order) if n else []
+    composite_order = paste_order(faces, opts.order) if n else []
     # Rows each face's pasted pixels span (its own window): its layers are made when the first
     # band reaching it comes, and dropped after its last. Without layer_bytes: all at once, one
     # common window, as paste_faces.
@@ -487,8 +248,8 @@ def paste_bands(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
         starting = sorted(i for i in waiting if int(spans[i][0]) < r1)
         waiting = [i for i in waiting if int(spans[i][0]) >= r1]
         for g in _layer_groups(faces, starting, Sr, s, Hs, Ws, layer_bytes):
-            made = _face_layers(frames, faces.select(g), rest[g], s, Hs, Ws, parse_masks=None if pm is None
-                                else pm[g], visibility=vis[g], **face_options)
+            made = _face_layers(frames, faces.select(g), rest[g], Hs, Ws, None if pm is None else pm[g], vis[g],
+                                opts, fm)
             live.update(zip(g.tolist(), made))
         out = background_rows(r0, r1)
         mask_out = torch.zeros(B, 1, r1 - r0, Ws, dtype=torch.float32, device=frames.device)
@@ -531,25 +292,11 @@ def _layer_groups(faces: FaceBatch, which: list, Sr: int, s: float, Hs: int, Ws:
     return groups + [torch.tensor(group)]
 
 
-# Integer pixel types frames may come in, and the value that is 1.0 (as pipeline.to_frames reads them).
-PIXEL_SCALES = {torch.uint8: 255.0, torch.int16: 65535.0, torch.int32: 65535.0,
-                **({torch.uint16: 65535.0} if hasattr(torch, "uint16") else {})}
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """Pixels as float 0..1: integer types scaled by ``PIXEL_SCALES`` into a new float32 tensor,
-    float tensors as they are."""
-    scale = PIXEL_SCALES.get(x.dtype)
-    if scale is None:
-        return x
-    return x.to(torch.float32, memory_format=torch.contiguous_format).div_(scale)
-
-
 def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optional[torch.Tensor],
                        upscaler) -> Tuple[Callable[[int, int], torch.Tensor], int]:
     """(rows(r0, r1) -> fresh [B,3,r1-r0,Ws] background rows the caller may write into, the row
     step bands must keep). Integer ``frames`` are converted only as far as each band needs."""
-    dev, out_dtype = frames.device, _float_dtype(frames)
+    dev, out_dtype = frames.device, float_dtype(frames)
     B, _, H, W = frames.shape
     whole = None
     if background is not None:
@@ -579,14 +326,11 @@ def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optio
     return (lambda r0, r1: whole if (r0, r1) == (0, Hs) else whole[:, :, r0:r1].clone()), 1
 
 
-def _float_dtype(frames: torch.Tensor) -> torch.dtype:
-    return frames.dtype if frames.is_floating_point() else torch.float32
-
-
-def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor, s: float, Hs: int, Ws: int,
-                 parse_masks: Optional[torch.Tensor] = None, visibility: Union[float, torch.Tensor] = 1.0,
-                 color_match: bool = False, feather: Optional[int] = None, keep_gray: bool = True) -> list:
-    """Each face's ``FaceLayer`` (one common window size for the group), in order."""
+def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor, Hs: int, Ws: int,
+                 parse_masks: Optional[torch.Tensor], visibility: torch.Tensor, options: PasteOptions,
+                 frame_masks: Optional[torch.Tensor] = None) -> list:
+    """Each face's ``FaceLayer`` (one common window size for the group), in order. ``frame_masks``:
+    [B,1,Hs,Ws] at the output's size, or None."""
     dev = frames.device
     n = len(faces)
     # ---- crops to paste (crop space): gray / colour handling happen before warping
@@ -595,15 +339,18 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
     pm = None
     if parse_masks is not None:
         pm = parse_masks.to(device=dev, dtype=torch.float32).reshape(n, 1, *parse_masks.shape[-2:])
+        if options.shapes_mask:   # in the crop, before any resize and the inverse warp
+            pm = shape_masks(pm, options.mask_grow, options.mask_blur)
         if pm.shape[-1] != Sr or pm.shape[-2] != Sr:
             pm = F.interpolate(pm, size=(Sr, Sr), mode="bilinear", align_corners=False)
-    if color_match:
+    s = float(options.upscale)
+    if options.color_match:
         orig = faces.crops.to(device=dev, dtype=torch.float32)
         if orig.shape[-1] != Sr:
             orig = F.interpolate(orig, size=(Sr, Sr), mode="bilinear", align_corners=False)
         wts = pm if pm is not None else _face_ellipse(n, Sr, dev)
         rest = _color_match(rest, orig, wts)
-    if keep_gray and faces.gray is not None and bool(faces.gray.any()):
+    if options.keep_gray and faces.gray is not None and bool(faces.gray.any()):
         g = faces.gray.to(dev).view(n, 1, 1, 1)
         rest = torch.where(g, to_luminance(rest), rest)
 
@@ -618,20 +365,25 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
     # window pixels -> output pixels -> restored-crop pixels -> normalised crop coordinates
     c = compose_affine(pixel_to_normalized(Sr, Sr), compose_affine(fwd, translation(x0, y0)))
     grid = window_grid(c, h, w, dev)
-    erode = max(int(2 * s), 1)
+    first_erosion = max(int(2 * s), 1)
     if pm is not None:
         soft = F.grid_sample(pm, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         del grid
     else:
-        m1 = _erode(_warped_ones(grid, Sr), erode)
+        square = None
+        if options.shapes_mask:   # the square mask shaped by the same rule, in the crop, then warped
+            ones = torch.ones(n, 1, faces.crop_size, faces.crop_size, device=dev)
+            square = F.grid_sample(shape_masks(ones, options.mask_grow, options.mask_blur), grid, mode="bilinear",
+                                   padding_mode="zeros", align_corners=False)
+        m1 = erode(_warped_ones(grid, Sr), first_erosion)
         del grid
-        if feather is None:
+        if options.feather is None:
             area = m1.sum((1, 2, 3))
             w_edge = torch.floor(torch.sqrt(area)).long() // 20
         else:
-            w_edge = torch.full((n,), int(feather), dtype=torch.long, device=dev)
+            w_edge = torch.full((n,), int(options.feather), dtype=torch.long, device=dev)
         # cv2.erode given the empty kernel of w_edge = 0 erodes by a 3x3 square instead.
-        m2 = _erode(m1, torch.where(w_edge == 0, torch.full_like(w_edge, 3), 2 * w_edge))
+        m2 = erode(m1, torch.where(w_edge == 0, torch.full_like(w_edge, 3), 2 * w_edge))
         del m1
         ks = (2 * w_edge + 1).tolist()
         K = max(ks)
@@ -642,13 +394,20 @@ def _face_layers(frames: torch.Tensor, faces: FaceBatch, restored: torch.Tensor,
                 cache[kz] = gaussian_kernel_1d(kz)
             off = (K - kz) // 2
             kern[i, off:off + kz] = cache[kz]
-        soft = _sep_blur(m2, kern.to(device=dev, dtype=torch.float32), reflect_sides)
+        soft = sep_blur(m2, kern.to(device=dev, dtype=torch.float32), reflect_sides)
+        if square is not None:
+            soft = soft * square
     soft = soft.clamp(0.0, 1.0)  # float sums of the blur can land a hair above 1
-    vis = _as_per_face(visibility, n, dev)
+    if frame_masks is not None:   # each face's window of its frame's mask
+        fi = faces.frame_index.to(dev)
+        rows = (y0[:, None] + torch.arange(h))[:, :, None].to(dev)
+        cols = (x0[:, None] + torch.arange(w))[:, None, :].to(dev)
+        soft = soft * frame_masks[:, 0][fi[:, None, None], rows, cols][:, None]
+    vis = visibility.to(dev)
     if not bool((vis == 1).all()):
         soft = soft * vis.view(n, 1, 1, 1)
-    dtype = _float_dtype(frames)
-    return [FaceLayer(f, y, x, c[i:i + 1], rest[i:i + 1], soft[i], None if pm is not None else erode, dtype)
+    dtype = float_dtype(frames)
+    return [FaceLayer(f, y, x, c[i:i + 1], rest[i:i + 1], soft[i], None if pm is not None else first_erosion, dtype)
             for i, (f, y, x) in enumerate(zip(faces.frame_index.tolist(), y0.tolist(), x0.tolist()))]
 
 
@@ -688,7 +447,7 @@ def _face_pixels(layer: FaceLayer, r0: int, r1: int) -> torch.Tensor:
     face = F.grid_sample(layer.src, grid[:, r0 - lo:r1 - lo], mode="bilinear", padding_mode="zeros",
                          align_corners=False).clamp_(0.0, 1.0)   # restored crops may overshoot
     if layer.erode is not None:
-        m1 = _erode(_warped_ones(grid, layer.src.shape[-1]), layer.erode)
+        m1 = erode(_warped_ones(grid, layer.src.shape[-1]), layer.erode)
         face = face * m1[:, :, r0 - lo:r1 - lo]
     return face[0].to(layer.dtype)
 

@@ -122,15 +122,16 @@ def read_image(path: Union[str, os.PathLike]) -> LoadedImage:
     return _read_pil(path)
 
 
-def read_mask(path: Union[str, os.PathLike], size=None) -> np.ndarray:
-    """An inpainting mask file -> [H,W] float32, 1 = hole (any bright pixel; alpha ignored)."""
+def read_mask(path: Union[str, os.PathLike], size=None, soft: bool = False) -> np.ndarray:
+    """A mask file -> [H,W] float32: 1 where any channel is bright (an inpainting hole; alpha
+    ignored), or with ``soft`` the brightest channel's 0..1 value (a paste mask: grey blends)."""
     img = read_image(path)
     arr = img.rgb if img.gray else img.rgb.max(axis=2)
     m = arr.astype(np.float32) / (65535.0 if img.bit_depth == 16 else 255.0)
     if size is not None and tuple(m.shape) != tuple(size):
         raise ImageReadError(f"mask {Path(path).name} is {m.shape[1]}x{m.shape[0]}, "
                              f"but the image is {size[1]}x{size[0]}")
-    return (m > 0.5).astype(np.float32)
+    return m if soft else (m > 0.5).astype(np.float32)
 
 
 def to_output_array(rgb01: np.ndarray, like: Optional[LoadedImage], ext: str,

@@ -1,7 +1,7 @@
 """ParseNet face parser (19 classes, 512 in / 512 out), as facexlib 0.3.0 builds it.
 
 Keys match the published ``parsing_parsenet.pth``. The label maps feed the parse-mask
-paste-back (paste.py turns labels into blend weights); this module only produces labels.
+paste-back (faces/masks.py turns labels into blend weights); this module only produces labels.
 Layout: every conv is 3x3 with reflection padding; encoder 512 -> 32 px, 10 residual blocks
 with a long skip, decoder back to 512, two heads (docs/models.md).
 """
