@@ -147,6 +147,9 @@ def check_args(args: argparse.Namespace, task: str) -> None:
         raise UserError(f"--min-face-size {args.min_face_size} is above --max-face-size {args.max_face_size}")
     if args.paste_mask and args.has_aligned:
         raise UserError("--paste-mask is for whole images; aligned faces (--has-aligned) are not pasted back")
+    if args.parse:  # region names checked now, before any file is read (masks imports torch: not for --help)
+        from ..faces.masks import region_labels
+        region_labels(args.region_preset, args.regions, args.keep_regions)
     if args.face_model and args.model:
         raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 
