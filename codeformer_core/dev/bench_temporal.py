@@ -8,7 +8,8 @@ about stability, not looks. Clips, made here from the astronaut's face (skimage)
 
 * static: a near-static face, 0.05 px/frame sub-pixel drift;
 * moving: the face moving steadily, 1 px/frame to the right inside the crop (a worst case: in
-  the pipeline the crop follows the face);
+  the pipeline the crop follows the face); decoded at w = 0.5, where the fusion features carry
+  the input's sub-pixel position (at w = 0 the output is a mosaic of code patches on a fixed grid);
 * dropout: detections along a path with the face missed in two middle frames;
 * cut: the static face, then another face (mirrored, colours permuted) at the same place.
 
@@ -24,7 +25,7 @@ Figures per ``temporal`` (sigma in frames; 0 = today's per-frame argmax):
 
 The encoder and Transformer run once per frame; only the decoding depends on ``temporal``
 (frames whose codes equal another setting's reuse its output). ``--fusion`` adds w = 0.5
-(fusion features of each frame's own input) on the static clip. A CodeFormer decode takes
+(fusion features of each frame's own input) on the static clip too. A CodeFormer decode takes
 several seconds per face on a small CPU: ``--quick`` uses 8 frames.
 """
 from __future__ import annotations
@@ -135,7 +136,8 @@ def dropout_and_cut(frames: int, cut_logits, switch_cost: float, temporal: float
     unrestored = sum(1 for f in range(frames) if f not in covered)
     # the cut clip: SceneCuts on the frames, one detection per frame at the same place
     clip_frames, logits = cut_logits
-    cuts = torch.cat([SceneCuts()(to_model(clip_frames[i:i + 4]) / 2 + 0.5) for i in range(0, len(clip_frames), 4)])
+    detector = SceneCuts()      # one detector, chunks of 4 frames: its state carries over
+    cuts = torch.cat([detector(to_model(clip_frames[i:i + 4]) / 2 + 0.5) for i in range(0, len(clip_frames), 4)])
     n = len(clip_frames)
     same = torch.tensor([[256.0, 270.0]]).expand(n, 2)
     cut_dets = Detections(torch.cat([same - 100, same + 100], 1), torch.ones(n), same[:, None] + POINTS,
@@ -172,7 +174,7 @@ def main(argv=None) -> None:
     other = np.ascontiguousarray(image[:, ::-1, [2, 0, 1]])
     clips = {"static": make_clip(image, frames, 0.05, 0), "moving": make_clip(image, frames, 1.0, 1)}
     t0 = time.perf_counter()
-    enc = {name: encode(model, to_model(c), 0.5 if (args.fusion and name == "static") else 0.0)
+    enc = {name: encode(model, to_model(c), 0.5 if (args.fusion or name == "moving") else 0.0)
            for name, c in clips.items()}
     half = frames // 2
     cut_clip = np.concatenate([clips["static"][:half], make_clip(other, frames - half, 0.05, 2)])
@@ -194,7 +196,10 @@ def main(argv=None) -> None:
         print(f"  cost {cost:4.2f}: {code_changes(s):6.2%} | {code_changes(m):6.2%} "
               f"(differ {float((m != m0).float().mean()):6.2%})")
 
-    print("\ntemporal | codes/tok/frame static  moving | flicker static  moving | lag px (added) | "
+    print(f"\nmoving clip: decoded at w = 0.5 (at w = 0 the output is a mosaic of codebook patches on a fixed "
+          f"grid, which has no sub-pixel position); input's own lag by the same measure: "
+          f"{float(np.mean(1.0 * np.arange(frames) - positions(inputs['moving']))):+.3f} px")
+    print("temporal | codes/tok/frame static  moving | flicker static  moving | lag px (added) | "
           "unrestored | cut found | crossed cut")
     lag0 = None
     in_flicker = {k: flicker(v, mask) for k, v in inputs.items()}
@@ -204,7 +209,7 @@ def main(argv=None) -> None:
         row = {}
         for name in clips:
             codes = temporal_codes(enc[name].logits, fidx, track0, temporal, args.switch_cost)
-            out = decode(name, without_fusion(enc[name]), codes)
+            out = decode(name, without_fusion(enc["static"]) if name == "static" else enc[name], codes)
             row[name] = (code_changes(codes), flicker(out, mask) / in_flicker[name])
             if name == "moving":
                 lag = float(np.mean(truth - positions(out)))
