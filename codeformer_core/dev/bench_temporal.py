@@ -31,7 +31,6 @@ several seconds per face on a small CPU: ``--quick`` uses 8 frames.
 from __future__ import annotations
 
 import argparse
-import math
 import platform
 import time
 from dataclasses import replace
