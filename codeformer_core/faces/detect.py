@@ -47,6 +47,10 @@ class Detections:
     frame_index: torch.Tensor  # [M] int64
     num_frames: int = 0
     frame_size: Tuple[int, int] = (0, 0)  # (H, W)
+    # Set by faces.tracks.track_detections (None before): [M] int64 face track id (never spans
+    # a scene cut), and [M] bool rows filled in for a face the detector missed inside its track.
+    track: Optional[torch.Tensor] = None
+    interpolated: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -61,8 +65,10 @@ class Detections:
 
     def select(self, index: torch.Tensor) -> "Detections":
         """Subset of rows (bool mask or int index); frame bookkeeping unchanged."""
+        pick = lambda t: None if t is None else t[index]  # noqa: E731
         return replace(self, boxes=self.boxes[index], scores=self.scores[index],
-                       landmarks=self.landmarks[index], frame_index=self.frame_index[index])
+                       landmarks=self.landmarks[index], frame_index=self.frame_index[index],
+                       track=pick(self.track), interpolated=pick(self.interpolated))
 
     def counts_per_frame(self) -> torch.Tensor:
         """[num_frames] int64 number of faces per frame (on the CPU)."""
@@ -83,14 +89,16 @@ class Detections:
 
     @staticmethod
     def join(parts: Sequence["Detections"]) -> "Detections":
-        """Detections of consecutive frame batches (in order) as one, over all their frames."""
+        """Detections of consecutive frame batches (in order) as one, over all their frames.
+        Track ids and interpolation flags are kept (as they are) only when every part has them."""
         if not parts:
             return Detections.empty()
         offsets = torch.cumsum(torch.tensor([0] + [p.num_frames for p in parts]), 0).tolist()
         cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
+        maybe = lambda name: cat(name) if all(getattr(p, name) is not None for p in parts) else None  # noqa: E731
         frame_index = torch.cat([p.frame_index + o for p, o in zip(parts, offsets)])
         return Detections(cat("boxes"), cat("scores"), cat("landmarks"), frame_index, offsets[-1],
-                          parts[0].frame_size)
+                          parts[0].frame_size, maybe("track"), maybe("interpolated"))
 
     def as_rows(self) -> torch.Tensor:
         """[M,15] x1, y1, x2, y2, score, 5 x (x, y): the reference detector's row layout."""

@@ -347,6 +347,8 @@ class CodeFormer(nn.Module):
     [-1, 1]. ``w`` is the fidelity weight (0 = strongest restoration, 1 = closest to the
     input), a float or a per-sample [B] tensor; ``None`` and ``adain=None`` mean the
     variant's defaults. Returns the raw (unclamped) output, or ``(out, logits, idx)``.
+    ``forward`` is ``encode_faces`` (up to the code logits), argmax, ``decode_faces``: a caller
+    that chooses the codes otherwise (``faces.temporal``) calls the two halves itself.
     ``options`` (fixed at construction) choose how this instance computes.
     """
 
@@ -466,19 +468,70 @@ class CodeFormer(nn.Module):
         return self.generator.run(h, start).float().contiguous()
 
     @torch.inference_mode()
-    def forward(self, x: Tensor, w: WeightArg = None, adain: Optional[bool] = None,
-                return_codes: bool = False):
+    def encode_faces(self, x: Tensor, w: WeightArg = None, adain: Optional[bool] = None) -> "EncodedFaces":
+        """First half of ``forward``: everything before the code choice (encoder, fusion taps and
+        the Transformer's code logits). Pick codes from ``logits`` (``forward`` takes the argmax;
+        ``faces.temporal`` combines them along face tracks) and give them to ``decode_faces``."""
         if x.dim() != 4 or x.shape[1:] != (3, IMAGE_SIZE, IMAGE_SIZE):
             raise ValueError(f"expected input [B,3,{IMAGE_SIZE},{IMAGE_SIZE}], got {list(x.shape)}")
         adain = self.config.default_adain if adain is None else adain
         w_t, fuse = self._weights(w, x.shape[0], x.device)
         fuse = fuse and len(self.fuse_convs_dict) > 0
         lq_feat, taps = self.encode(x, keep_taps=fuse)
-        logits, idx = self.predict_codes(lq_feat)
-        quant = self.lookup(idx, lq_feat, adain)
-        out = self.decode(quant, taps, w_t, fuse)
-        return (out, logits, idx) if return_codes else out
+        logits, _ = self.predict_codes(lq_feat)
+        return EncodedFaces(lq_feat, taps, logits, w_t, fuse, adain)
 
+    @torch.inference_mode()
+    def decode_faces(self, faces: "EncodedFaces", idx: Tensor) -> Tensor:
+        """Second half of ``forward``: codebook lookup of ``idx`` [B,256] (int64), then the
+        generator with the fusion taps of ``faces``. Returns the raw (unclamped) output."""
+        if idx.shape != faces.logits.shape[:2]:
+            raise ValueError(f"expected codes {list(faces.logits.shape[:2])}, got {list(idx.shape)}")
+        quant = self.lookup(idx, faces.lq_feat, faces.adain)
+        return self.decode(quant, faces.taps, faces.w, faces.fuse)
+
+    @torch.inference_mode()
+    def forward(self, x: Tensor, w: WeightArg = None, adain: Optional[bool] = None,
+                return_codes: bool = False):
+        faces = self.encode_faces(x, w, adain)
+        idx = faces.logits.argmax(dim=-1)
+        out = self.decode_faces(faces, idx)
+        return (out, faces.logits, idx) if return_codes else out
+
+
+@dataclass
+class EncodedFaces:
+    """A batch after ``CodeFormer.encode_faces``: what ``decode_faces`` needs besides the codes.
+
+    Per face: ``lq_feat`` [B,256,16,16] float32 and ``logits`` [B,256,codebook] float32 (1 MiB a
+    face); ``taps`` (fusion-resolution -> [B,C,r,r] encoder features, ~55 MB a face in float32,
+    only when some w > 0) and ``w`` [B]. ``take(rows)`` and ``cat`` let a caller hold faces back
+    and decode them later in other batches."""
+    lq_feat: Tensor
+    taps: Dict[int, Tensor]
+    logits: Tensor
+    w: Tensor
+    fuse: bool
+    adain: bool
+
+    def __len__(self) -> int:
+        return int(self.lq_feat.shape[0])
+
+    def take(self, rows) -> "EncodedFaces":
+        rows = torch.as_tensor(rows, dtype=torch.int64, device=self.lq_feat.device)
+        return EncodedFaces(self.lq_feat[rows], {r: t[rows] for r, t in self.taps.items()}, self.logits[rows],
+                            self.w[rows], self.fuse, self.adain)
+
+    @staticmethod
+    def cat(parts: Sequence["EncodedFaces"]) -> "EncodedFaces":
+        """Batches encoded alike (same adain, all with fusion taps or all without) as one."""
+        if len({(p.adain, p.fuse, tuple(sorted(p.taps))) for p in parts}) != 1:
+            raise ValueError("EncodedFaces.cat: the parts were encoded differently (adain, or w > 0 in some only); "
+                             "encode them with the same adain and w")
+        return EncodedFaces(torch.cat([p.lq_feat for p in parts]),
+                            {r: torch.cat([p.taps[r] for p in parts]) for r in parts[0].taps},
+                            torch.cat([p.logits for p in parts]), torch.cat([p.w for p in parts]),
+                            parts[0].fuse, parts[0].adain)
 
 def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = ADAIN_EPS) -> Tensor:
     """Per sample and channel, give ``content`` the mean/std of ``style`` (unbiased variance)."""
