@@ -115,7 +115,7 @@ class CodeFormerPasteFaces(io.ComfyNode):
         bar = bridge.progress_bar(b)
         with bridge.on_compute_device([parser], FRAME_WORK_BYTES * frames[0].numel() * options.upscale ** 2) as device:
             def paste_chunk(start: int, stop: int) -> None:
-                part = faces.frame_range(start, stop).to(device)
+                part = faces.take_frames(range(start, stop)).to(device)
                 parse = pipeline.parse_masks_for(parser, part.crops, options.regions) \
                     if parser is not None and len(part) else None
                 restored = upscaler(part.crops) if upscale_faces and len(part) else None

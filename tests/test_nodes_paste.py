@@ -62,7 +62,7 @@ def test_node_pastes_in_bands_what_the_whole_frame_paste_gave(N, batch, faces, p
                                   parse_masks=parse_masks if use_parsing else None)
     assert torch.equal(image, pipeline.from_frames(want)) and torch.equal(mask, want_mask[:, 0])
     assert image.shape[1] == int(256 * upscale) and (mask > 0).any()
-    one = faces.frame_range(0, 1)
+    one = faces.take_frames(range(0, 1))
     image, mask = run_node(N["CodeFormerPasteFaces"], image=batch[:1], faces=one, **kw, max_memory_gb=TINY_BUDGET_GB)
     want, want_mask = paste_faces(pipeline.to_frames(batch[:1]), one, None, options,
                                   parse_masks=parse_masks[:1] if use_parsing else None)
@@ -91,7 +91,7 @@ def test_tiny_budget_pastes_in_many_bands(N, comfyui, batch, faces, monkeypatch)
 # -- the user's paste controls (issue 20) ---------------------------------------------------------------
 def test_regions_choose_what_is_pasted(N, batch, faces):
     """face_keep_eyes pastes the parse mask of its labels; the mask output is that blend weight."""
-    one, image1 = faces.frame_range(0, 1), batch[:1]
+    one, image1 = faces.take_frames(range(0, 1)), batch[:1]
     face_img, face_mask = run_node(N["CodeFormerPasteFaces"], image=image1, faces=one, **PASTE)
     eyes_img, eyes_mask = run_node(N["CodeFormerPasteFaces"], image=image1, faces=one, **PASTE,
                                    regions="face_keep_eyes")

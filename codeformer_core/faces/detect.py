@@ -11,7 +11,7 @@ Lanczos resizing; pass ``conf_threshold=0.97`` for its stricter behaviour.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass
 from typing import Optional, Sequence, Tuple
 
 import torch
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from ..chunks import run_in_chunks
 from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, load_retinaface,
                          preprocess_rgb01, prior_boxes)
+from .rows import FrameRows
 
 DEFAULT_CONF_THRESHOLD = 0.8
 DEFAULT_NMS_THRESHOLD = 0.4
@@ -35,7 +36,7 @@ SORT_KEYS = ("area", "left_to_right", "confidence")
 
 
 @dataclass
-class Detections:
+class Detections(FrameRows):
     """All faces of all frames, one row each, in ORIGINAL frame pixel coordinates.
 
     Within a frame, rows follow the requested sort order; frames are in ascending order.
@@ -52,53 +53,14 @@ class Detections:
     track: Optional[torch.Tensor] = None
     interpolated: Optional[torch.Tensor] = None
 
-    def __len__(self) -> int:
-        return int(self.boxes.shape[0])
-
-    @property
-    def device(self) -> torch.device:
-        return self.boxes.device
-
-    def to(self, device) -> "Detections":
-        return replace(self, **{f.name: getattr(self, f.name).to(device) for f in fields(self)
-                                if isinstance(getattr(self, f.name), torch.Tensor)})
-
-    def select(self, index: torch.Tensor) -> "Detections":
-        """Subset of rows (bool mask or int index); frame bookkeeping unchanged."""
-        pick = lambda t: None if t is None else t[index]  # noqa: E731
-        return replace(self, boxes=self.boxes[index], scores=self.scores[index],
-                       landmarks=self.landmarks[index], frame_index=self.frame_index[index],
-                       track=pick(self.track), interpolated=pick(self.interpolated))
-
-    def counts_per_frame(self) -> torch.Tensor:
-        """[num_frames] int64 number of faces per frame (on the CPU)."""
-        return torch.bincount(self.frame_index.cpu(), minlength=self.num_frames)
-
     def for_frame(self, frame: int) -> "Detections":
         return self.select(self.frame_index == int(frame))
 
-    def take_frames(self, frames: Sequence[int]) -> "Detections":
-        """The faces of the given frames (e.g. ``range(start, stop)``, a chunk of a clip detected
-        beforehand) as detections of a batch of ``len(frames)`` frames, renumbered in that order."""
-        picked = torch.as_tensor(list(frames), dtype=torch.int64)
-        position = torch.full((self.num_frames,), -1, dtype=torch.int64)
-        position[picked] = torch.arange(picked.numel())
-        new_index = position[self.frame_index.cpu()].to(self.device)
-        part = self.select(new_index >= 0)
-        return replace(part, frame_index=new_index[new_index >= 0], num_frames=int(picked.numel()))
-
-    @staticmethod
-    def join(parts: Sequence["Detections"]) -> "Detections":
-        """Detections of consecutive frame batches (in order) as one, over all their frames.
-        Track ids and interpolation flags are kept (as they are) only when every part has them."""
-        if not parts:
-            return Detections.empty()
-        offsets = torch.cumsum(torch.tensor([0] + [p.num_frames for p in parts]), 0).tolist()
-        cat = lambda name: torch.cat([getattr(p, name) for p in parts])  # noqa: E731
-        maybe = lambda name: cat(name) if all(getattr(p, name) is not None for p in parts) else None  # noqa: E731
-        frame_index = torch.cat([p.frame_index + o for p, o in zip(parts, offsets)])
-        return Detections(cat("boxes"), cat("scores"), cat("landmarks"), frame_index, offsets[-1],
-                          parts[0].frame_size, maybe("track"), maybe("interpolated"))
+    @classmethod
+    def join(cls, parts: Sequence["Detections"]) -> "Detections":
+        """``FrameRows.join`` (no parts: no detections). Track ids and interpolation flags are
+        kept only when every part has them."""
+        return super().join(parts) if parts else Detections.empty()
 
     def as_rows(self) -> torch.Tensor:
         """[M,15] x1, y1, x2, y2, score, 5 x (x, y): the reference detector's row layout."""
