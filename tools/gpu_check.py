@@ -400,7 +400,7 @@ def section_pipeline(run: Run, args):
     from codeformer_core import pipeline as P
     from codeformer_core.faces.detect import load_detector
     from codeformer_core.faces.paste import paste_faces
-    from codeformer_core.models.parsenet import load_parsenet
+    from codeformer_core.models.loader import load_parsenet
     dev = torch.device(args.device)
     dtype = "fp16" if dev.type == "cuda" else "fp32"
     model = load_cf(dev, dtype)

@@ -156,7 +156,7 @@ def load(ctx: Context) -> None:
         if a.draw_box:
             ctx.detector = BoxRecorder(ctx.detector)
         if a.parse:
-            from ..models.parsenet import load_parsenet
+            from ..models.loader import load_parsenet
             ctx.parser = load_parsenet(paths["parser"], device=device)
         if a.bg_upsampler:
             from ..io.upscale import load_upscaler

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .precision import reduced_convs
+
 Tensor = torch.Tensor
 
 GROUPNORM_EPS = 1e-6
@@ -377,7 +379,6 @@ class CodeFormer(nn.Module):
         first ``reduced_encoder_blocks`` encoder blocks (None: all); the rest of the encoder (what decides
         the code indices), the transformer, codebook and norms stay float32. The policy that
         ``dtype="bf16"/"fp16"`` mean is ``precision.REDUCED_ENCODER_BLOCKS`` (docs/precision.md)."""
-        from .precision import reduced_convs
         for conv in reduced_convs(self, reduced_encoder_blocks):
             conv.to(dtype)
         return self
@@ -490,9 +491,3 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = ADAIN_EP
     scale = (s_std / c_std)[..., None, None]
     return (content - c_mean[..., None, None]) * scale + s_mean[..., None, None]
 
-
-def expected_shapes(variant: str) -> Dict[str, Tuple[int, ...]]:
-    """State-dict contract of a variant, derived from the module itself (no weights made)."""
-    with torch.device("meta"):
-        model = CodeFormer(variant)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
