@@ -8,7 +8,7 @@ on top. No network module imports the registry or this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -36,15 +36,31 @@ def resolve_device(device: Union[str, torch.device, None]) -> torch.device:
     return torch.device(device)
 
 
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (Linux flags avx512_bf16 or amx_bf16); without
-    them bf16 convolutions are emulated and no faster than float32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # Linux /proc/cpuinfo flags of native bf16 arithmetic
+
+
+def cpu_flags(cpuinfo: Optional[str] = None) -> Tuple[str, ...]:
+    """The CPU's feature flags: the first ``flags`` line of ``cpuinfo`` (the text of /proc/cpuinfo,
+    read when not given); empty where there is none (not Linux, no such line)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read()
+        except OSError:
+            return ()
+    line = next((ln for ln in cpuinfo.splitlines() if ln.split(":", 1)[0].strip() == "flags"), "")
+    return tuple(line.split(":", 1)[1].split()) if ":" in line else ()
+
+
+def cpu_has_native_bf16(flags: Union[str, Sequence[str], None] = None) -> bool:
+    """Whether a CPU with these feature flags (a string "fpu avx2 ..." or a sequence; this CPU's
+    when not given) computes bf16 natively: avx512_bf16 or amx_bf16. Without them bf16
+    convolutions are emulated and no faster than float32."""
+    if flags is None:
+        flags = cpu_flags()
+    elif isinstance(flags, str):
+        flags = flags.split()
+    return any(f in NATIVE_BF16_FLAGS for f in flags)
 
 
 def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
@@ -61,12 +77,13 @@ def resolve_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) ->
         raise ValueError(f"unknown dtype '{dtype}'; use one of auto, fp32, fp16, bf16") from None
 
 
-def codeformer_dtype(dtype: Union[str, torch.dtype, None], device: torch.device) -> torch.dtype:
-    """CodeFormer's precision: "auto" is bf16 on a CPU that runs bf16 natively (``cpu_has_native_bf16``;
-    with the policy of precision.py the codes are those of float32), otherwise ``resolve_dtype``.
-    ``None`` (the library default) stays float32 on CPU. Other networks (spandrel face models)
-    are not vetted in bf16 and keep ``resolve_dtype``."""
-    if dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16():
+def codeformer_dtype(dtype: Union[str, torch.dtype, None], device: torch.device,
+                     flags: Union[str, Sequence[str], None] = None) -> torch.dtype:
+    """CodeFormer's precision: "auto" is bf16 on a CPU that runs bf16 natively (``cpu_has_native_bf16``
+    of ``flags``, this CPU's when not given; with the policy of precision.py the codes are those of
+    float32), otherwise ``resolve_dtype``. ``None`` (the library default) stays float32 on CPU.
+    Other networks (spandrel face models) are not vetted in bf16 and keep ``resolve_dtype``."""
+    if dtype == "auto" and device.type == "cpu" and cpu_has_native_bf16(flags):
         return torch.bfloat16
     return resolve_dtype(dtype, device)
 
