@@ -15,7 +15,7 @@ Main API
     to the input), a float or a per-sample [B] tensor; ``None`` = the variant's default.
     Returns the raw output [B,3,512,512], or ``(out, logits [B,256,K], idx [B,256])``.
 ``load_network(source, kind=None)``, ``load_retinaface``, ``load_parsenet``
-    The one loading path every network goes through (models/registry.py).
+    The one loading path every network goes through (models/registry.py; the thin loaders in models/loader.py).
 ``read_state_dict``, ``detect_variant``, ``convert_to_safetensors``, ``save_safetensors``
     Safe reading, recognition and conversion of weight files.
 ``VARIANTS``
@@ -43,7 +43,7 @@ _EXPORTS = {
     "VARIANTS": "models.codeformer", "VariantConfig": "models.codeformer",
     "load_network": "models.registry", "detect_variant": "models.registry",
     "convert_to_safetensors": "models.registry",
-    "load_retinaface": "models.retinaface", "load_parsenet": "models.parsenet",
+    "load_retinaface": "models.loader", "load_parsenet": "models.loader",
     "read_state_dict": "models.checkpoint", "save_safetensors": "models.checkpoint",
     "FaceBatch": "faces.batch",
     **{name: "errors" for name in _ERRORS},

@@ -15,8 +15,7 @@ from comfy_api.latest import io
 from ..codeformer_core.errors import MissingWeightError
 from ..codeformer_core.faces.detect import load_detector
 from ..codeformer_core.models import DTYPE_CHOICES
-from ..codeformer_core.models.loader import codeformer_dtype, load_model
-from ..codeformer_core.models.parsenet import load_parsenet
+from ..codeformer_core.models.loader import codeformer_dtype, load_model, load_parsenet
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
 from .common import CATEGORY, CodeFormerModel, FaceDetector, check_choice, validation_result

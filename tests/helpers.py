@@ -72,8 +72,8 @@ def write_synthetic_models(root: Path) -> Path:
     """The one synthetic models folder, in ComfyUI's layout under the official file names:
     codeformer.pth (restoration, nested under params_ema), both RetinaFace detectors and ParseNet
     (bare state dicts), an empty upscale_models/. About 400 MB; written once per session."""
-    from codeformer_core.models.codeformer import expected_shapes
-    save_weights(synth_state_dict(expected_shapes("restoration").items()),
+    from codeformer_core.models.registry import architecture, contract
+    save_weights(synth_state_dict(contract(architecture("codeformer", "restoration")).items()),
                  root / "facerestore_models" / "codeformer.pth", nest=True)
     for file, manifest in (("detection_Resnet50_Final.pth", "retinaface_manifest_resnet50.json"),
                            ("detection_mobilenet0.25_Final.pth", "retinaface_manifest_mobile0.25.json"),

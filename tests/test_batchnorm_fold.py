@@ -10,9 +10,8 @@ from torch import nn
 
 from codeformer_core.dev.synthetic import synth_state_dict
 from codeformer_core.models.batchnorm import fold_batchnorms, fold_into_conv
-from codeformer_core.models.parsenet import load_parsenet
+from codeformer_core.models.loader import load_parsenet, load_retinaface
 from codeformer_core.models.registry import load_network
-from codeformer_core.models.retinaface import load_retinaface
 
 FACE = Path(__file__).parent / "data" / "face_golden"
 

@@ -1,6 +1,7 @@
 """Strict, safe loading: what the loader accepts, what it refuses and how it says so."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -9,9 +10,31 @@ import torch
 
 from codeformer_core import CheckpointError, convert_to_safetensors, detect_variant, load_model, read_state_dict
 from codeformer_core.models.checkpoint import save_safetensors
-from codeformer_core.models.codeformer import VARIANTS, CodeFormerOptions, expected_shapes
-from codeformer_core.models.registry import FAMILIES, detect, first_non_finite, load_network
+from codeformer_core.models.codeformer import VARIANTS, CodeFormerOptions
+from codeformer_core.models.registry import FAMILIES, architecture, contract, detect, first_non_finite, load_network
 from codeformer_core.dev.synthetic import synth_state_dict
+
+from helpers import DATA
+
+
+def expected_shapes(variant):
+    """Key -> shape of a published file, from the golden manifest (not from the code under test)."""
+    manifest = json.loads((DATA / "golden" / f"manifest_{variant}.json").read_text())
+    return {name: tuple(shape) for name, shape, _ in manifest}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_contract_is_the_published_manifest(variant):
+    """The registry's one key -> shape table equals the published files', key order included."""
+    got = contract(architecture("codeformer", variant))
+    assert list(got.items()) == list(expected_shapes(variant).items())
+    got.clear()  # a copy: the registry's table is not changed
+    assert len(contract(architecture("codeformer", variant))) == len(expected_shapes(variant))
+
+
+def test_unknown_architecture_is_refused():
+    with pytest.raises(ValueError, match="unknown architecture codeformer/upscaling"):
+        architecture("codeformer", "upscaling")
 
 
 def meta_state_dict(variant):

@@ -277,7 +277,7 @@ def load_error(load, path) -> str:
 def test_verify_says_what_loading_says(tmp_path, models):
     from codeformer_core.models.checkpoint import read_state_dict
     from codeformer_core.models.loader import load_model
-    from codeformer_core.models.retinaface import load_retinaface
+    from codeformer_core.models.loader import load_retinaface
     import os
     cf = read_state_dict(models / "facerestore_models" / "codeformer.pth")
     rc, line = verify(models / "facerestore_models" / "codeformer.pth")   # synthetic: not the published file

@@ -16,7 +16,8 @@ from PIL import Image
 
 from codeformer_core.errors import CheckpointError
 from codeformer_core.models.registry import load_network
-from codeformer_core.models.parsenet import NUM_CLASSES, ParseNet, load_parsenet, parse_faces
+from codeformer_core.models.loader import load_parsenet
+from codeformer_core.models.parsenet import NUM_CLASSES, ParseNet, parse_faces
 from codeformer_core.dev.synthetic import synth_state_dict
 from helpers import parsenet_golden
 

@@ -13,10 +13,9 @@ import pytest
 import torch
 
 from codeformer_core.errors import CheckpointError
-from codeformer_core.models.registry import detect
-from codeformer_core.models.registry import load_network
-from codeformer_core.models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks,
-                                               load_retinaface, prior_boxes)
+from codeformer_core.models.loader import load_retinaface
+from codeformer_core.models.registry import detect, load_network
+from codeformer_core.models.retinaface import RetinaFace, batched_nms, decode_boxes, decode_landmarks, prior_boxes
 from codeformer_core.dev.synthetic import synth_state_dict
 from helpers import astronaut_bgr, retinaface_golden
 

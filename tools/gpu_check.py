@@ -258,7 +258,7 @@ def restore(images, nets, max_faces, batch, w):
 
 def section_pipeline(run: Run, args):
     from codeformer_core.faces.detect import load_detector
-    from codeformer_core.models.parsenet import load_parsenet
+    from codeformer_core.models.loader import load_parsenet
     dev = torch.device(args.device)
     dtype = "fp16" if dev.type == "cuda" else "fp32"
     nets = {"model": load_cf(dev, dtype),

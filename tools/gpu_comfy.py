@@ -42,14 +42,14 @@ def write_models(models: Path) -> None:
     import numpy as np
     import torch
     from codeformer_core.dev.synthetic import synth_state_dict
-    from codeformer_core.models.codeformer import expected_shapes
+    from codeformer_core.models.registry import architecture, contract
 
     def save(sd, path: Path, nest: bool):
         path.parent.mkdir(parents=True, exist_ok=True)
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
         torch.save({"params_ema": sd} if nest else sd, path)
 
-    save(synth_state_dict(expected_shapes("restoration").items()), models / "facerestore_models" / "codeformer.pth",
+    save(synth_state_dict(contract(architecture("codeformer", "restoration")).items()), models / "facerestore_models" / "codeformer.pth",
          nest=True)
     for file, manifest in (("detection_Resnet50_Final.pth", "retinaface_manifest_resnet50.json"),
                            ("parsing_parsenet.pth", "parsenet_manifest_parsenet.json")):

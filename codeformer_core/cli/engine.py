@@ -124,7 +124,7 @@ def open_session(settings: Settings, out: Out) -> Session:
         detector = detect.load_detector(paths["detector"], device=device)
         parser = bg = None
         if m.parse:
-            from ..models.parsenet import load_parsenet
+            from ..models.loader import load_parsenet
             parser = load_parsenet(paths["parser"], device=device)
         if m.bg_upsampler:
             from ..io.upscale import load_upscaler

@@ -162,7 +162,7 @@ def _spandrel_loadable(path: Path) -> str:
 
 
 def cmd_convert(args) -> int:
-    from ..models.checkpoint import convert_to_safetensors
+    from ..models.registry import convert_to_safetensors
     src = Path(os.path.expanduser(args.path))
     if not src.is_file():
         raise UserError(f"{src}: no such file")

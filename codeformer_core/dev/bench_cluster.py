@@ -39,12 +39,12 @@ def load_average() -> str:
 def synthetic_models(root: Path) -> Path:
     """codeformer.pth and the MobileNet detector with synthetic weights, in the ComfyUI layout."""
     import torch
-    from ..models.codeformer import expected_shapes
+    from ..models.registry import architecture, contract
     from ..models.retinaface import RetinaFace
     from .synthetic import synth_state_dict
     (root / "facerestore_models").mkdir(parents=True)
     (root / "facedetection").mkdir()
-    torch.save({"params_ema": synth_state_dict(expected_shapes("restoration").items())},
+    torch.save({"params_ema": synth_state_dict(contract(architecture("codeformer", "restoration")).items())},
                root / "facerestore_models" / "codeformer.pth")
     shapes = [(k, tuple(v.shape)) for k, v in RetinaFace("mobilenet0.25").state_dict().items()]
     torch.save(synth_state_dict(shapes, face=True), root / "facedetection" / "detection_mobilenet0.25_Final.pth")

@@ -53,11 +53,11 @@ def _models(folder) -> Path:
     if folder:
         return Path(folder)
     import torch
-    from ..models.codeformer import expected_shapes
+    from ..models.registry import architecture, contract
     from .synthetic import synth_state_dict
     root = Path(tempfile.mkdtemp(prefix="bench_memory_"))
     (root / "facerestore_models").mkdir()
-    torch.save({"params_ema": synth_state_dict(expected_shapes("restoration").items())},
+    torch.save({"params_ema": synth_state_dict(contract(architecture("codeformer", "restoration")).items())},
                root / "facerestore_models" / "codeformer.pth")
     return root
 

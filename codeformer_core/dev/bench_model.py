@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from ..models.checkpoint import save_safetensors
-from ..models.codeformer import CodeFormerOptions, expected_shapes
+from ..models.codeformer import CodeFormerOptions
+from ..models.registry import architecture, contract
 from ..models.loader import load_model, resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
 
@@ -322,7 +323,7 @@ def main(argv=None):
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else cpu_model()}), "
           f"dtype {str(dtype).replace('torch.', '')}, w={args.w}, torch {torch.__version__}")
 
-    state_dict = synth_state_dict(expected_shapes("restoration").items())
+    state_dict = synth_state_dict(contract(architecture("codeformer", "restoration")).items())
     if not args.no_load_times:
         for name, seconds in load_times(state_dict):
             print(f"load_model {name:32s} {seconds:6.2f} s")

@@ -38,14 +38,12 @@ import torch
 
 from ..faces.align import align_faces
 from ..faces.detect import FaceDetector
+from ..faces.detect import DetectOptions
 from ..faces.masks import parse_labels_to_masks
 from ..faces.paste import paste_bands
-from ..models.codeformer import expected_shapes
-from ..models.loader import load_model, resolve_device
-from ..models.parsenet import load_parsenet, parse_faces
-from ..models.registry import load_network
-from ..models.retinaface import load_retinaface
-from ..faces.detect import DetectOptions
+from ..models.loader import load_model, load_parsenet, load_retinaface, resolve_device
+from ..models.parsenet import parse_faces
+from ..models.registry import architecture, contract, load_network
 from ..pipeline import PasteSettings, default_network_batch, parse_masks_for, restore_images, run_network
 from .bench_model import NAIVE, peak_mib, peak_reset, sync
 from .bench_paste import cv2_align_face, cv2_paste_face
@@ -259,7 +257,7 @@ def _landmarks(nets: Dict, frame: torch.Tensor, faces: int):
 
 
 def load_nets(device: torch.device, dtype: str, classic: bool) -> Dict:
-    cf = synth_state_dict(expected_shapes("restoration").items())
+    cf = synth_state_dict(contract(architecture("codeformer", "restoration")).items())
     det_sd = face_weights("retinaface_manifest_resnet50.json")
     parse_sd = face_weights("parsenet_manifest_parsenet.json")
     t0 = time.perf_counter()

@@ -41,7 +41,7 @@ import torch
 from ..faces.detect import Detections
 from ..faces.temporal import DEFAULT_SWITCH_COST, DEFAULT_TEMPORAL, temporal_codes
 from ..faces.tracks import SceneCuts, track_detections
-from ..models.codeformer import expected_shapes
+from ..models.registry import architecture, contract
 from .synthetic import synth_state_dict
 
 TEMPORALS = (0.0, 1.0, 2.0, 3.0)
@@ -164,7 +164,7 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..models.loader import load_model
-    model = load_model({"params_ema": synth_state_dict(expected_shapes("restoration").items())}, device="cpu")
+    model = load_model({"params_ema": synth_state_dict(contract(architecture("codeformer", "restoration")).items())}, device="cpu")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if platform.system() == "Linux" else platform.processor()
     print(f"bench_temporal: {frames} frames, synthetic weights, switch cost {args.switch_cost}, "

@@ -18,8 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from ..chunks import run_in_chunks
-from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, load_retinaface,
-                         preprocess_rgb01, prior_boxes)
+from ..models.loader import load_retinaface
+from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, preprocess_rgb01,
+                                 prior_boxes)
 from .rows import FrameRows
 
 DEFAULT_CONF_THRESHOLD = 0.8

@@ -165,10 +165,3 @@ def save_safetensors(state_dict: Mapping[str, Tensor], path: Union[str, os.PathL
     os.replace(tmp, path)
     return path
 
-
-def __getattr__(name):
-    """Names that lived here before the loading path moved to registry.py (kept for callers)."""
-    if name in ("describe", "detect_variant", "convert_to_safetensors"):
-        from . import registry
-        return getattr(registry, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,7 +3,7 @@ and controllable feature transformation, written from the published architecture
 
 State-dict names and shapes match the official checkpoints exactly, so ``load_state_dict``
 is strict. The three published variants differ only in data (``VARIANTS``); how an instance
-computes (fused attention, folded upsampling) is its ``CodeFormerOptions``.
+computes (fused attention, folded upsampling, float64 logits path on CPU) is its ``CodeFormerOptions``.
 Block-by-block layout and the numeric conventions: docs/models.md.
 """
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Dict, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .precision import reduced_convs
 
 Tensor = torch.Tensor
 
@@ -38,9 +40,10 @@ class VariantConfig:
 class CodeFormerOptions:
     """How one instance computes. Every combination gives the same result up to float rounding
     (all pass the golden rule); the defaults are the fast and precise ones. The benchmark's naive
-    baseline is an instance built with both off."""
+    baseline is an instance built with the first two off."""
     use_sdpa: bool = True              # fused scaled_dot_product_attention, else explicit softmax(q k^T) v
     fold_upsample: bool = True         # nearest-2x + 3x3 conv as four 2x2 convs (see Upsample)
+    precise_logits: bool = True        # CPU float32: encoder tail and transformer in float64 (see _Float64Path)
 
 
 VARIANTS: Dict[str, VariantConfig] = {
@@ -66,6 +69,7 @@ TRANSFORMER_LAYERS = 9
 # and index of the generator block after which the fusion is applied.
 ENCODER_TAPS = {256: 5, 128: 8, 64: 11, 32: 14}
 GENERATOR_FUSION_AFTER = {32: 9, 64: 12, 128: 15, 256: 18}
+PRECISE_ENCODER_FROM = 9  # first encoder block at 64x64 and below (float64 on CPU, see _Float64Path)
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -213,7 +217,10 @@ def _fold_nearest2x(weight: Tensor) -> Tensor:
 
 
 def _block_dtype(block: nn.Module) -> torch.dtype:
-    return next((m.weight.dtype for m in block.modules() if isinstance(m, nn.Conv2d)), torch.float32)
+    """The dtype a block computes in: its convolutions' (the reduced one under a precision policy),
+    else its parameters' (a bare GroupNorm: float32, or float64 in a model converted with ``.double()``)."""
+    conv = next((m.weight.dtype for m in block.modules() if isinstance(m, nn.Conv2d)), None)
+    return conv or next((p.dtype for p in block.parameters()), torch.float32)
 
 
 def _encoder_blocks(options: CodeFormerOptions) -> nn.ModuleList:
@@ -262,10 +269,60 @@ class _Stack(nn.Module):
         super().__init__()
         self.blocks = blocks
 
-    def run(self, x: Tensor, start: int = 0, stop: Optional[int] = None) -> Tensor:
-        for block in self.blocks[start:stop]:
-            x = _norm_float32(block, x) if isinstance(block, nn.GroupNorm) else block(x)
+    def run(self, x: Tensor, start: int = 0, stop: Optional[int] = None,
+            params: Optional[Dict[int, Dict[str, Tensor]]] = None) -> Tensor:
+        """Blocks ``start:stop``; ``params`` (block index -> its tensors) replaces a block's own
+        (the float64 copies of ``_Float64Path``: the module and its hooks are used as they are)."""
+        for i, block in enumerate(self.blocks[start:stop], start):
+            if params is not None:
+                x = torch.func.functional_call(block, params[i], (x,))
+            else:
+                x = _norm_float32(block, x) if isinstance(block, nn.GroupNorm) else block(x)
         return x
+
+
+def _version(t: Tensor) -> int:
+    """The in-place edit counter (an inference tensor has none: it cannot be edited outside inference mode)."""
+    return -1 if t.is_inference() else t._version
+
+
+class _Float64Path:
+    """Float64 copies of the weights that decide the code logits, made once per model.
+
+    On CPU float32 the encoder's low-resolution tail (blocks from ``PRECISE_ENCODER_FROM``, 64x64
+    and below, ~3 % of the FLOPs) and the transformer with its logits head run in float64: their
+    float32 rounding is what the transformer amplifies into the logits (docs/models.md has the
+    measured margins). The copies are made at the first forward that uses them and kept; they are
+    made again only if a weight they copy changes (another tensor, an in-place edit, dtype, device).
+    """
+
+    def __init__(self):
+        self.key = None
+        self.blocks: Dict[int, Dict[str, Tensor]] = {}
+        self.layers: list = []                             # per transformer layer
+        self.modules: Dict[str, Dict[str, Tensor]] = {}    # feat_emb, idx_pred_layer
+        self.position_emb: Optional[Tensor] = None
+
+    @staticmethod
+    def _sources(model: "CodeFormer"):
+        blocks = {i: model.encoder.blocks[i] for i in range(PRECISE_ENCODER_FROM, len(model.encoder.blocks))}
+        modules = {name: getattr(model, name) for name in ("feat_emb", "ft_layers", "idx_pred_layer")}
+        return blocks, modules
+
+    def get(self, model: "CodeFormer") -> "_Float64Path":
+        blocks, modules = self._sources(model)
+        tensors = [t for m in list(blocks.values()) + list(modules.values()) for t in m.parameters()]
+        tensors.append(model.position_emb)
+        key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
+        if key != self.key:
+            with torch.no_grad():
+                copy = lambda m: {k: v.detach().double() for k, v in m.named_parameters()}  # noqa: E731
+                self.blocks = {i: copy(b) for i, b in blocks.items()}
+                self.layers = [copy(layer) for layer in model.ft_layers]
+                self.modules = {name: copy(modules[name]) for name in ("feat_emb", "idx_pred_layer")}
+                self.position_emb = model.position_emb.detach().double()
+            self.key = key
+        return self
 
 
 class FuseBlock(nn.Module):
@@ -379,7 +436,6 @@ class CodeFormer(nn.Module):
         first ``reduced_encoder_blocks`` encoder blocks (None: all); the rest of the encoder (what decides
         the code indices), the transformer, codebook and norms stay float32. The policy that
         ``dtype="bf16"/"fp16"`` mean is ``precision.REDUCED_ENCODER_BLOCKS`` (docs/precision.md)."""
-        from .precision import reduced_convs
         for conv in reduced_convs(self, reduced_encoder_blocks):
             conv.to(dtype)
         return self
@@ -413,29 +469,59 @@ class CodeFormer(nn.Module):
         return w_t, bool((w_t > 0).any())
 
     def encode(self, x: Tensor, keep_taps: bool) -> Tuple[Tensor, Dict[int, Tensor]]:
-        """Encoder output (float32) and the taps the fusion blocks need."""
+        """Encoder output (in the transformer's dtype: float32, or float64 for a model converted
+        with ``.double()``) and the taps the fusion blocks need."""
         tap_at = {ENCODER_TAPS[r]: r for r in self.config.fusion_resolutions} if keep_taps else {}
         dtypes = self.encoder_dtypes
+        precise = self._float64_path(x.device)
         changes = {i for i in range(1, len(dtypes)) if dtypes[i] != dtypes[i - 1]}  # mixed-precision bounds
-        bounds = sorted({i + 1 for i in tap_at} | changes)
+        bounds = sorted({i + 1 for i in tap_at} | changes | ({PRECISE_ENCODER_FROM} if precise else set()))
         taps: Dict[int, Tensor] = {}
         h = x.contiguous(memory_format=self.memory_format)
         start = 0
         for stop in bounds + [len(self.encoder.blocks)]:
-            h = self.encoder.run(h.to(dtypes[start]), start, stop)
+            if precise is not None and start >= PRECISE_ENCODER_FROM:
+                h = self.encoder.run(h.double().contiguous(), start, stop, precise.blocks)
+            else:
+                h = self.encoder.run(h.to(dtypes[start]), start, stop)
             if stop - 1 in tap_at:
                 taps[tap_at[stop - 1]] = h.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
             start = stop
-        return h.float().contiguous(), taps
+        return (h if precise is not None else h.to(self.feat_emb.weight.dtype)).contiguous(), taps
+
+    def _float64_path(self, device: torch.device) -> Optional[_Float64Path]:
+        """The float64 copies when this call takes the float64 logits path: ``precise_logits``,
+        CPU, those weights float32 (not a reduced or float64 model), and not being traced for
+        export (an exported graph stays float32)."""
+        if (not self.options.precise_logits or device.type != "cpu" or torch.jit.is_tracing()
+                or torch.onnx.is_in_onnx_export()):
+            return None
+        if (self.feat_emb.weight.dtype != torch.float32
+                or any(d != torch.float32 for d in self.encoder_dtypes[PRECISE_ENCODER_FROM:])):
+            return None
+        path = self.__dict__.get("_float64")
+        if path is None:
+            path = self.__dict__["_float64"] = _Float64Path()  # not a submodule: no state-dict entry
+        return path.get(self)
 
     def predict_codes(self, lq_feat: Tensor) -> Tuple[Tensor, Tensor]:
+        """Code logits (float32) and indices (their argmax, taken before rounding to float32)."""
+        precise = self._float64_path(lq_feat.device)
         tokens = lq_feat.flatten(2).transpose(1, 2)
-        t = self.feat_emb(tokens)
-        pos = self.position_emb.unsqueeze(0)
-        for layer in self.ft_layers:
-            t = layer(t, pos)
-        logits = self.idx_pred_layer(t)
-        return logits, logits.argmax(dim=-1)
+        if precise is None:
+            t = self.feat_emb(tokens)
+            pos = self.position_emb.unsqueeze(0)
+            for layer in self.ft_layers:
+                t = layer(t, pos)
+            logits = self.idx_pred_layer(t)
+            return logits, logits.argmax(dim=-1)
+        call = torch.func.functional_call
+        t = call(self.feat_emb, precise.modules["feat_emb"], (tokens.double(),))
+        pos = precise.position_emb.unsqueeze(0)
+        for layer, params in zip(self.ft_layers, precise.layers):
+            t = call(layer, params, (t, pos))
+        logits = call(self.idx_pred_layer, precise.modules["idx_pred_layer"], (t,))
+        return logits.float(), logits.argmax(dim=-1)
 
     def lookup(self, idx: Tensor, lq_feat: Tensor, adain: bool) -> Tensor:
         b = idx.shape[0]
@@ -543,9 +629,3 @@ def adaptive_instance_norm(content: Tensor, style: Tensor, eps: float = ADAIN_EP
     scale = (s_std / c_std)[..., None, None]
     return (content - c_mean[..., None, None]) * scale + s_mean[..., None, None]
 
-
-def expected_shapes(variant: str) -> Dict[str, Tuple[int, ...]]:
-    """State-dict contract of a variant, derived from the module itself (no weights made)."""
-    with torch.device("meta"):
-        model = CodeFormer(variant)
-    return {k: tuple(v.shape) for k, v in model.state_dict().items()}

@@ -107,19 +107,6 @@ class ParseNet(nn.Module):
         return self.out_mask_conv(feat), self.out_img_conv(feat)
 
 
-def load_parsenet(source, device=None) -> ParseNet:
-    """ParseNet in eval mode from a file path or state dict (strict, ``num_batches_tracked`` optional).
-    Raises CheckpointError. The weights are channels-last (oneDNN's and the tensor cores' layout:
-    a 512 px parse took 1.85 s instead of 2.42 s on CPU, logits within 3e-5, labels equal);
-    ``parse_faces`` feeds it channels-last input."""
-    from .batchnorm import fold_batchnorms
-    from .registry import load_network  # the registry builds this module's classes
-    net = load_network(source, "parsenet")
-    fold_batchnorms(net)  # BatchNorm folded into the convs: fewer, larger ops (models/batchnorm.py)
-    net = net.to(memory_format=torch.channels_last)
-    return net.to(device) if device is not None else net
-
-
 # no_grad, not inference_mode: callers may edit the returned tensors in place.
 @torch.no_grad()
 def parse_faces(net: ParseNet, crops: torch.Tensor, chunk_size: Optional[int] = 8) -> torch.Tensor:

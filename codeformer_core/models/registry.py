@@ -8,8 +8,9 @@
 
 ``FAMILIES`` is the one table of (detect, build) pairs. Families this pack cannot build
 (GFPGAN, Real-ESRGAN, BiSeNet ...) have no architectures: they are there so that a wrong file
-is named in the error message. The thin loaders (``load_model`` in loader.py,
-``load_retinaface``, ``load_parsenet``) call ``load_network`` with their kind.
+is named in the error message. ``contract`` is the one key -> shape table of an architecture.
+The thin loaders (loader.py: ``load_model``, ``load_retinaface``, ``load_parsenet``) call
+``load_network`` with their kind; this module imports the network modules, never the reverse.
 """
 from __future__ import annotations
 
@@ -107,14 +108,26 @@ def describe(state_dict: Mapping[str, Tensor]) -> str:
 _CONTRACTS: Dict[Tuple[str, str], Contract] = {}
 
 
+def architecture(kind: str, name: str) -> Architecture:
+    """The published architecture ``name`` of a loadable family: ("codeformer", "inpainting"),
+    ("retinaface", "resnet50"), ("parsenet", "parsenet")."""
+    family = KINDS.get(kind)
+    found = next((a for a in family.architectures if a.name == name), None) if family else None
+    if found is None:
+        known = ", ".join(f"{a.family}/{a.name}" for f in KINDS.values() for a in f.architectures)
+        raise ValueError(f"unknown architecture {kind}/{name}; expected one of {known}")
+    return found
+
+
 def contract(arch: Architecture) -> Contract:
     """Key -> shape that a file of this architecture holds, read off the module built on the meta
-    device (no memory, no init), once per process."""
+    device (no memory, no init), once per process. The only place the contract is computed
+    (synthetic weights in tests and benchmarks: ``contract(architecture("codeformer", v))``)."""
     if arch.key not in _CONTRACTS:
         with torch.device("meta"):
             module = arch.build()
         _CONTRACTS[arch.key] = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    return _CONTRACTS[arch.key]
+    return dict(_CONTRACTS[arch.key])  # a copy: the cached table stays as built
 
 
 def _optional(key: str) -> bool:

@@ -285,15 +285,3 @@ def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor,
     if candidates is not None:
         keep = candidates[keep]
     return keep.to(boxes.device)
-
-
-# --------------------------------------------------------------------------- loading
-
-def load_retinaface(source, device=None) -> RetinaFace:
-    """RetinaFace in eval mode from a file path or state dict; the backbone comes from the keys
-    (``module.`` prefixes stripped, ``num_batches_tracked`` optional). Raises CheckpointError."""
-    from .batchnorm import fold_batchnorms
-    from .registry import load_network  # the registry builds this module's classes
-    net = load_network(source, "retinaface")
-    fold_batchnorms(net)  # BatchNorm folded into the convs: fewer, larger ops (models/batchnorm.py)
-    return net.to(device) if device is not None else net
