@@ -134,3 +134,50 @@ def test_model_geometry_defaults_for_codeformer_like_models(models):
     assert pipeline.model_max_batch(Plain()) is None and pipeline.has_ffhq_framing(Plain())
     assert pipeline.has_ffhq_framing(OnnxFaceModel(models["gpen1024"]))
     assert not pipeline.has_ffhq_framing(OnnxFaceModel(models["gpen256"]))
+
+
+# -- the command line: codeformer restore --face-model FILE.onnx ------------------------------------
+def test_cli_face_model_onnx_on_an_aligned_face(tmp_path, models_dir, models):
+    from PIL import Image
+    from helpers import DETECTOR_ARGS, aligned_face, run_cli
+    face = aligned_face(300)
+    src, dest = tmp_path / "face.png", tmp_path / "out.png"
+    Image.fromarray(face).save(src)
+    rc, _, err = run_cli("restore", src, "--has-aligned", "--face-model", models["gpen256"], "--dtype", "fp32",
+                         "-o", dest, "--models", models_dir, *DETECTOR_ARGS)
+    assert rc == 0, err
+    assert "--dtype fp32 does not apply to GPEN-BFR-256.onnx" in err
+    got = np.asarray(Image.open(dest)).astype(np.float64) / 255
+    assert got.shape == face.shape
+    # the file inverts the 256 px crop; resized 300 -> 256 -> 300 on the way
+    assert float(np.abs(got - (1 - face / 255.0)).mean()) < 0.03
+
+
+def test_cli_face_model_onnx_with_detection_and_parse(tmp_path, models_dir, models):
+    from PIL import Image
+    from helpers import DETECTOR_ARGS, astronaut, run_cli
+    src, dest = tmp_path / "a.png", tmp_path / "a_out.png"
+    Image.fromarray(astronaut((96, 96))).save(src)
+    rc, _, err = run_cli("restore", src, "--face-model", models["gpen256"], "--parse", "-s", "1", "-o", dest,
+                         "--models", models_dir, *DETECTOR_ARGS)
+    assert rc == 0, err
+    assert "--parse ignored: GPEN-BFR-256.onnx aligns faces to its own template" in err
+    assert Image.open(dest).size == (96, 96)
+
+
+def test_cli_face_model_only_for_restore(tmp_path, models_dir, models):
+    from helpers import DETECTOR_ARGS, run_cli
+    rc, _, err = run_cli("colorize", tmp_path / "x.png", "--face-model", models["gpen256"], "--models", models_dir,
+                         *DETECTOR_ARGS)
+    assert rc != 0 and "--face-model is for 'codeformer restore' only" in err and "Traceback" not in err
+
+
+def test_cli_a_broken_onnx_file_is_a_one_line_error(tmp_path, models_dir):
+    from PIL import Image
+    from helpers import DETECTOR_ARGS, astronaut, run_cli
+    bad = tmp_path / "broken.onnx"
+    bad.write_bytes(b"not an onnx file at all")
+    src = tmp_path / "a.png"
+    Image.fromarray(astronaut((64, 64))).save(src)
+    rc, _, err = run_cli("restore", src, "--face-model", bad, "--models", models_dir, *DETECTOR_ARGS)
+    assert rc != 0 and err.count("\n") == 1 and "Traceback" not in err and "broken.onnx" in err

@@ -112,17 +112,27 @@ def open_session(settings: Settings, out: Out) -> Session:
         raise UserError(str(e)) from None
     paths = weight_paths(m, settings.task, settings.has_aligned, out)
     ckpt = paths["model"]
-    out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
-    if m.face_model:
+    onnx = bool(m.face_model) and is_onnx_path(ckpt)
+    if onnx:
+        if m.dtype != "auto":
+            out.warn(f"--dtype {m.dtype} does not apply to {ckpt.name}: an ONNX file runs in the precision it "
+                     f"was exported in")
+        model = load_onnx_face_model_for_cli(ckpt, device, out)
+    elif m.face_model:
+        out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
         model = load_spandrel_face_model(ckpt, device, dtype)
     else:
+        out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
         model = loader.load_model(ckpt, device=device, dtype=dtype)
         require_task_model(model, settings.task, ckpt)
     nets = Networks(model=model)
     if not settings.has_aligned:
         detector = detect.load_detector(paths["detector"], device=device)
         parser = bg = None
-        if m.parse:
+        if m.parse and not has_ffhq_framing(model):
+            out.warn(f"--parse ignored: {ckpt.name} aligns faces to its own template, not FFHQ's, and the "
+                     f"face-parsing mask assumes FFHQ crops; faces are pasted with the feathered square")
+        elif m.parse:
             from ..models.parsenet import load_parsenet
             parser = load_parsenet(paths["parser"], device=device)
         if m.bg_upsampler:
@@ -138,6 +148,34 @@ def open_session(settings: Settings, out: Out) -> Session:
         from ..io.images import read_mask
         nets = replace(nets, mask=read_mask(m.mask))
     return Session(settings, out, nets)
+
+
+def is_onnx_path(path: Path) -> bool:
+    from ..models.onnx_face import is_onnx_file   # the module imports onnx only when a file is opened
+    return is_onnx_file(path)
+
+
+def has_ffhq_framing(model) -> bool:
+    from ..pipeline import has_ffhq_framing as ffhq
+    return ffhq(model)
+
+
+def load_onnx_face_model_for_cli(path: Path, device, out: Out):
+    """--face-model FILE.onnx: run with ONNX Runtime on the providers --device decides (TensorRT
+    engines cached in <name>.trt_cache beside the file); errors worded for the option."""
+    from ..errors import CheckpointError, NotAFaceModelError
+    from ..models.onnx_face import load_onnx_face_model
+    try:
+        model = load_onnx_face_model(path, device)
+    except MissingDependencyError as e:
+        raise UserError(f"--face-model {path.name}: {e}") from None
+    except (CheckpointError, NotAFaceModelError) as e:
+        raise UserError(f"--face-model: {e}") from None
+    fid = "uses -w" if model.has_fidelity else "has no fidelity input: -w is ignored"
+    cache = f"; TensorRT engines in {model.trt_cache_dir}" if model.trt_cache_dir is not None else ""
+    out.info(f"loaded {path.name} with ONNX Runtime ({model.providers[0]}{cache}): {model.crop_size} px crops, "
+             f"{fid}")
+    return model
 
 
 def load_spandrel_face_model(path: Path, device, dtype):

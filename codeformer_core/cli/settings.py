@@ -111,6 +111,9 @@ def check_args(args: argparse.Namespace, task: str) -> None:
         raise UserError("--smooth must be in [0, 100] frames")
     if not 0 <= args.smooth_online < 1:
         raise UserError("--smooth-online must be in [0, 1)")
+    if task != "restore" and getattr(args, "face_model", None):
+        raise UserError(f"--face-model is for 'codeformer restore' only: 'codeformer {task}' needs the CodeFormer "
+                        f"{TASKS[task].variant} model (--model)")
     if args.face_model and args.model:
         raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 
