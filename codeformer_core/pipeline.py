@@ -20,8 +20,6 @@ from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import Callable, Iterable, List, Optional, Union
 
-import warnings
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -121,6 +119,18 @@ def has_ffhq_framing(model) -> bool:
     ParseNet's face mask and the colour-match ellipse assume; GPEN-BFR-256's ArcFace crops are not."""
     size = model_crop_size(model)
     return bool(torch.allclose(model_template(model), template_for(size, torch.float64), atol=1e-3 * size))
+
+
+def parser_for_model(parser, model):
+    """The face parser for ``model``'s crops: ``parser`` itself for FFHQ-framed crops, else a
+    ``models.parsenet.ReframedParseNet`` (the crop warped to FFHQ framing, parsed, the labels warped
+    back), so the parse mask fits e.g. GPEN-BFR-256's ArcFace crops."""
+    if parser is None or has_ffhq_framing(model):
+        return parser
+    from .models.parsenet import ReframedParseNet
+    if isinstance(parser, ReframedParseNet):
+        return parser
+    return ReframedParseNet(parser, model_template(model), model_crop_size(model))
 
 
 # -- detection ----------------------------------------------------------------------------------
@@ -397,11 +407,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
     b, height, width = batch.shape[:3]
     if b == 0:
         return RestoreResult(torch.zeros(0, height, width, 3), torch.zeros(0, height, width), [])
-    if paste.parser is not None and not has_ffhq_framing(model):
-        warnings.warn(f"{getattr(model, 'name', 'the face model')} aligns faces to its own template, not "
-                      f"FFHQ's; the face-parsing mask assumes FFHQ crops, so the faces are pasted with the "
-                      f"feathered square instead (choose no parsing model to silence this)", stacklevel=2)
-        paste = replace(paste, parser=None)
+    if paste.parser is not None:
+        paste = replace(paste, parser=parser_for_model(paste.parser, model))
     work_device = run.device or next(model.parameters()).device
     budget = run.budget
     collected = _Collector(b, int(height * paste.upscale), int(width * paste.upscale)) if sink is None else None

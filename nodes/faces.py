@@ -1,8 +1,6 @@
 """Detect faces, and move face crops in and out of FACES so any IMAGE node can edit them."""
 from __future__ import annotations
 
-import logging
-
 import torch
 from comfy_api.latest import io
 
@@ -15,8 +13,6 @@ from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
 from .common import (CATEGORY, FRAME_WORK_BYTES, CodeFormerModel, FaceDetector, Faces, check_choice, crops_image,
                      face_geometry, frame_names, frames_per_chunk, framing_of, threshold_input, validation_result)
-
-log = logging.getLogger(__name__)
 
 
 class CodeFormerDetectFaces(io.ComfyNode):
@@ -82,12 +78,8 @@ class CodeFormerDetectFaces(io.ComfyNode):
                 max_faces=0, resolution=640, smoothing=0.0, model=None) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
         crop_size, template = face_geometry(model)
-        parser = face_detector.parser
-        if parser is not None and model is not None and not pipeline.has_ffhq_framing(model):
-            log.warning("CodeFormer: %s aligns faces to its own template, not FFHQ's; the face-parsing mask "
-                        "assumes FFHQ crops, so these faces are pasted with the feathered square (choose "
-                        "parsing_model 'none' to silence this)", getattr(model, "name", "the model"))
-            parser = None
+        # the paste node's parse mask, fitted to the model's framing (ArcFace crops are parsed in FFHQ framing)
+        parser = face_detector.parser if model is None else pipeline.parser_for_model(face_detector.parser, model)
         b, _, h, w = frames.shape
         detect_kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by,
                              index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None)

@@ -59,7 +59,8 @@ def test_detect_with_the_model_aligns_at_its_size_and_template(comfyui, N, detec
     faces, crops, _, count = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=detector,
                                       model=gpen256, **DETECT)
     assert count == 1 and crops.shape == (1, 256, 256, 3)
-    assert faces.meta["parser"] is None    # ParseNet's mask assumes FFHQ crops: dropped for ArcFace framing
+    parser = faces.meta["parser"]    # ParseNet expects FFHQ crops: ArcFace crops are parsed reframed
+    assert type(parser).__name__ == "ReframedParseNet" and parser.parser is detector.parser
     core = comfyui.pack.codeformer_core
     want = core.faces.align.align_faces(astronaut_image.permute(0, 3, 1, 2), faces.landmarks, faces.frame_index,
                                         size=256, template=core.models.onnx_face.ARCFACE_128 * 256).crops

@@ -129,10 +129,7 @@ def open_session(settings: Settings, out: Out) -> Session:
     if not settings.has_aligned:
         detector = detect.load_detector(paths["detector"], device=device)
         parser = bg = None
-        if m.parse and not has_ffhq_framing(model):
-            out.warn(f"--parse ignored: {ckpt.name} aligns faces to its own template, not FFHQ's, and the "
-                     f"face-parsing mask assumes FFHQ crops; faces are pasted with the feathered square")
-        elif m.parse:
+        if m.parse:
             from ..models.parsenet import load_parsenet
             parser = load_parsenet(paths["parser"], device=device)
         if m.bg_upsampler:
@@ -153,11 +150,6 @@ def open_session(settings: Settings, out: Out) -> Session:
 def is_onnx_path(path: Path) -> bool:
     from ..models.onnx_face import is_onnx_file   # the module imports onnx only when a file is opened
     return is_onnx_file(path)
-
-
-def has_ffhq_framing(model) -> bool:
-    from ..pipeline import has_ffhq_framing as ffhq
-    return ffhq(model)
 
 
 def load_onnx_face_model_for_cli(path: Path, device, out: Out):
