@@ -9,10 +9,10 @@ sizes the network batches).
 The face model: anything called as ``model(x, w=..., adain=...)`` on aligned crops [N,3,S,S] in
 -1..1 returning the same shape in -1..1, with ``parameters()`` (the first one gives the device and
 element size) and a ``variant``. Optionally (``model_crop_size``, ``model_template``,
-``model_max_batch``): ``crop_size`` (S; default 512), ``template(dtype)`` (the five alignment points
-[5,2] in crop pixels; default the FFHQ template scaled to S) and ``max_batch`` (faces one forward
-takes; None: any). CodeFormer and the spandrel face models keep the defaults;
-``models.onnx_face.OnnxFaceModel`` says all three (GPEN-BFR 256..2048 ...).
+``model_fixed_batch``): ``crop_size`` (S; default 512), ``template(dtype)`` (the five alignment points
+[5,2] in crop pixels; default the FFHQ template scaled to S) and ``fixed_batch`` (the faces one
+forward takes at once, e.g. 1 for most ONNX files; None: any number). CodeFormer and the spandrel
+face models keep the defaults; ``models.onnx_face.OnnxFaceModel`` says all three (GPEN-BFR 256..2048 ...).
 """
 from __future__ import annotations
 
@@ -108,9 +108,9 @@ def model_template(model) -> Tensor:
     return template_for(size, torch.float64)
 
 
-def model_max_batch(model) -> Optional[int]:
-    """Faces the model takes in one forward (``max_batch``; None: any number)."""
-    most = getattr(model, "max_batch", None)
+def model_fixed_batch(model) -> Optional[int]:
+    """Faces the model takes in one forward (``fixed_batch``; None: any number)."""
+    most = getattr(model, "fixed_batch", None)
     return None if most is None else max(1, int(most))
 
 
@@ -226,7 +226,7 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
                 done_offset: int = 0, total: Optional[int] = None) -> Tensor:
     """Crops [N,3,s,s] 0..1 -> model output [N,3,S,S] clamped and mapped back to 0..1, S the
     model's crop size (``model_crop_size``; crops of another size are resized to it), in batches of
-    ``batch_size`` (None: ``default_network_batch``; at most ``model_max_batch``).
+    ``batch_size`` (None: ``default_network_batch``; at most ``model_fixed_batch``).
 
     Halves the batch on out-of-memory. Stays on the model's device; returns on the crops' device.
     """
@@ -235,8 +235,8 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
     device = next(model.parameters()).device
     size = model_crop_size(model)
     batch_size = default_network_batch(device) if batch_size is None else batch_size
-    if model_max_batch(model) is not None:
-        batch_size = min(batch_size, model_max_batch(model))
+    if model_fixed_batch(model) is not None:
+        batch_size = min(batch_size, model_fixed_batch(model))
     out = torch.empty(n, 3, size, size, device=crops.device, dtype=torch.float32)
     w_all = w.to(torch.float32).reshape(-1) if isinstance(w, Tensor) else None
 
@@ -551,9 +551,9 @@ def forward_bytes_per_face(model) -> int:
 
 def faces_per_batch(model, budget: Optional[int] = None) -> int:
     """Faces per network batch whose forward fits in half of ``budget`` (at least one; at most the
-    model's ``max_batch``: a fixed-batch file gains nothing from more)."""
+    model's ``fixed_batch``: a fixed-batch file gains nothing from more)."""
     budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
-    most = model_max_batch(model)
+    most = model_fixed_batch(model)
     return chunk_size_for(forward_bytes_per_face(model), budget // 2, most=64 if most is None else most)
 
 

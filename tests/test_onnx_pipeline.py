@@ -175,7 +175,7 @@ def test_model_geometry_defaults_for_codeformer_like_models(models):
         pass
     assert pipeline.model_crop_size(Plain()) == 512
     assert torch.equal(pipeline.model_template(Plain()), template_for(512, torch.float64))
-    assert pipeline.model_max_batch(Plain()) is None and pipeline.has_ffhq_framing(Plain())
+    assert pipeline.model_fixed_batch(Plain()) is None and pipeline.has_ffhq_framing(Plain())
     assert pipeline.has_ffhq_framing(OnnxFaceModel(models["gpen1024"]))
     assert not pipeline.has_ffhq_framing(OnnxFaceModel(models["gpen256"]))
 
