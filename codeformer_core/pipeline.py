@@ -5,6 +5,14 @@ The one entry point used by the ComfyUI nodes and the command line alike is
 Frames are processed in chunks (all faces of a chunk go through the network together); on
 an out-of-memory error the chunk is halved and retried (``chunks.run_in_chunks``, which also
 sizes the network batches).
+
+The face model: anything called as ``model(x, w=..., adain=...)`` on aligned crops [N,3,S,S] in
+-1..1 returning the same shape in -1..1, with ``parameters()`` (the first one gives the device and
+element size) and a ``variant``. Optionally (``model_crop_size``, ``model_template``,
+``model_fixed_batch``): ``crop_size`` (S; default 512), ``template(dtype)`` (the five alignment points
+[5,2] in crop pixels; default the FFHQ template scaled to S) and ``fixed_batch`` (the faces one
+forward takes at once, e.g. 1 for most ONNX files; None: any number). CodeFormer and the spandrel
+face models keep the defaults; ``models.onnx_face.OnnxFaceModel`` says all three (GPEN-BFR 256..2048 ...).
 """
 from __future__ import annotations
 
@@ -86,14 +94,56 @@ def from_frames(frames: Tensor) -> Tensor:
     return frames.clamp(0, 1).permute(0, 2, 3, 1).float().cpu().contiguous()
 
 
+# -- the face model's geometry -------------------------------------------------------------------
+def model_crop_size(model) -> int:
+    """The side S of the aligned crops the model takes (``crop_size``; 512 when it does not say)."""
+    return int(getattr(model, "crop_size", MODEL_SIZE))
+
+
+def model_template(model) -> Tensor:
+    """The model's five alignment points [5,2] float64 in its crop pixels (``template(dtype)``; the
+    FFHQ template scaled to the crop size when it does not say)."""
+    template = getattr(model, "template", None)
+    size = model_crop_size(model)
+    if callable(template):
+        return template(torch.float64).detach().cpu()
+    return template_for(size, torch.float64)
+
+
+def model_fixed_batch(model) -> Optional[int]:
+    """Faces the model takes in one forward (``fixed_batch``; None: any number)."""
+    most = getattr(model, "fixed_batch", None)
+    return None if most is None else max(1, int(most))
+
+
+def has_ffhq_framing(model) -> bool:
+    """Whether the model's crops are framed as CodeFormer's (the FFHQ template at any size), which
+    ParseNet's face mask and the colour-match ellipse assume; GPEN-BFR-256's ArcFace crops are not."""
+    size = model_crop_size(model)
+    return bool(torch.allclose(model_template(model), template_for(size, torch.float64), atol=1e-3 * size))
+
+
+def parser_for_model(parser, model):
+    """The face parser for ``model``'s crops: ``parser`` itself for FFHQ-framed crops, else a
+    ``models.parsenet.ReframedParseNet`` (the crop warped to FFHQ framing, parsed, the labels warped
+    back), so the parse mask fits e.g. GPEN-BFR-256's ArcFace crops."""
+    if parser is None or has_ffhq_framing(model):
+        return parser
+    from .models.parsenet import ReframedParseNet
+    if isinstance(parser, ReframedParseNet):
+        return parser
+    return ReframedParseNet(parser, model_template(model), model_crop_size(model))
+
+
 # -- detection ----------------------------------------------------------------------------------
 def detect_faces(frames: Tensor, detector: Optional[FaceDetector], crop_size: int = MODEL_SIZE,
                  smoother: Optional[LandmarkSmoother] = None, detections: Optional[Detections] = None,
-                 **detect_kwargs) -> FaceBatch:
+                 template: Optional[Tensor] = None, **detect_kwargs) -> FaceBatch:
     """Detect and align every face of a frame batch [B,3,H,W] into one FaceBatch.
 
     ``detections``: these frames' faces found beforehand (``detect_clip``); the detector is then
-    not run (it may be None).
+    not run (it may be None). ``crop_size``, ``template``: the face model's crops
+    (``model_crop_size``, ``model_template``; None: the FFHQ template scaled to ``crop_size``).
     """
     if frames.shape[0] == 0:
         return FaceBatch.empty(0, tuple(frames.shape[-2:]), crop_size, frames.device)
@@ -101,7 +151,7 @@ def detect_faces(frames: Tensor, detector: Optional[FaceDetector], crop_size: in
     if smoother is not None:
         dets = smoother(dets)
     return align_faces(frames, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores,
-                       size=crop_size)
+                       size=crop_size, template=template)
 
 
 def detect_clip(chunks: Iterable, detector: FaceDetector, smoothing_frames: float = 0.0,
@@ -127,16 +177,18 @@ def detect_clip(chunks: Iterable, detector: FaceDetector, smoothing_frames: floa
     return smooth_detections(Detections.join(parts), smoothing_frames)
 
 
-def aligned_faces(frames: Tensor) -> FaceBatch:
-    """Frames that already are aligned faces (``--has-aligned``): one face per frame, identity."""
+def aligned_faces(frames: Tensor, size: int = MODEL_SIZE, template: Optional[Tensor] = None) -> FaceBatch:
+    """Frames that already are aligned faces (``--has-aligned``): one face per frame, identity,
+    resized to ``size`` (the model's crop size). ``template``: the crops' five points [5,2] at
+    ``size`` (None: FFHQ), kept as the faces' landmarks."""
     b, _, h, w = frames.shape
-    crops = frames if (h, w) == (MODEL_SIZE, MODEL_SIZE) else \
-        F.interpolate(frames, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False, antialias=True)
-    scale = torch.tensor([[MODEL_SIZE / w, 0, 0], [0, MODEL_SIZE / h, 0]], device=frames.device)
-    inverse = torch.tensor([[w / MODEL_SIZE, 0, 0], [0, h / MODEL_SIZE, 0]], device=frames.device)
+    crops = frames if (h, w) == (size, size) else \
+        F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    scale = torch.tensor([[size / w, 0, 0], [0, size / h, 0]], device=frames.device)
+    inverse = torch.tensor([[w / size, 0, 0], [0, h / size, 0]], device=frames.device)
     box = torch.tensor([0.0, 0.0, float(w), float(h)], device=frames.device)
-    lm = template_for(MODEL_SIZE, device=frames.device) * torch.tensor([w / MODEL_SIZE, h / MODEL_SIZE],
-                                                                         device=frames.device)
+    points = template_for(size) if template is None else template
+    lm = points.to(frames.device, torch.float32) * torch.tensor([w / size, h / size], device=frames.device)
     return FaceBatch(crops=crops.float(), affines=scale.expand(b, 2, 3).clone(),
                      inverse_affines=inverse.expand(b, 2, 3).clone(),
                      frame_index=torch.arange(b, device=frames.device), boxes=box.expand(b, 4).clone(),
@@ -174,23 +226,26 @@ def default_network_batch(device) -> int:
 def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adain: Optional[bool] = None,
                 batch_size: Optional[int] = None, progress: Progress = None, check_interrupt: Interrupt = None,
                 done_offset: int = 0, total: Optional[int] = None) -> Tensor:
-    """Crops [N,3,S,S] 0..1 -> model output clamped and mapped back to 0..1, in batches of
-    ``batch_size`` (None: ``default_network_batch``).
+    """Crops [N,3,s,s] 0..1 -> model output [N,3,S,S] clamped and mapped back to 0..1, S the
+    model's crop size (``model_crop_size``; crops of another size are resized to it), in batches of
+    ``batch_size`` (None: ``default_network_batch``; at most ``model_fixed_batch``).
 
     Halves the batch on out-of-memory. Stays on the model's device; returns on the crops' device.
     """
     n = int(crops.shape[0])
     total = n if total is None else total
     device = next(model.parameters()).device
+    size = model_crop_size(model)
     batch_size = default_network_batch(device) if batch_size is None else batch_size
-    out = torch.empty(n, 3, MODEL_SIZE, MODEL_SIZE, device=crops.device, dtype=torch.float32)
+    if model_fixed_batch(model) is not None:
+        batch_size = min(batch_size, model_fixed_batch(model))
+    out = torch.empty(n, 3, size, size, device=crops.device, dtype=torch.float32)
     w_all = w.to(torch.float32).reshape(-1) if isinstance(w, Tensor) else None
 
     def batch(start: int, stop: int) -> None:
         x = crops[start:stop].to(device, torch.float32, non_blocking=True)
-        if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
-            x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
-                              antialias=True)
+        if tuple(x.shape[-2:]) != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         with torch.inference_mode():
             y = model(x * 2 - 1, w=w_all[start:stop] if w_all is not None else w, adain=adain)
         out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
@@ -349,6 +404,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
     b, height, width = batch.shape[:3]
     if b == 0:
         return RestoreResult(torch.zeros(0, height, width, 3), torch.zeros(0, height, width), [])
+    if paste.parser is not None:
+        paste = replace(paste, parser=parser_for_model(paste.parser, model))
     work_device = run.device or next(model.parameters()).device
     budget = run.budget
     collected = _Collector(b, int(height * paste.upscale), int(width * paste.upscale)) if sink is None else None
@@ -406,8 +463,10 @@ class _ChunkJob:
         """Frames ``start:stop``: found, restored, pasted and handed to the sink; faces per frame."""
         part = self.batch[start:stop]
         frames = to_frames(part, device=self.device)
-        faces = aligned_faces(frames) if self.has_aligned else detect_faces(
-            frames, self.detector, smoother=self.smoother, **self.detect.kwargs(),
+        size, template = model_crop_size(self.model), model_template(self.model)
+        faces = aligned_faces(frames, size, template) if self.has_aligned else detect_faces(
+            frames, self.detector, crop_size=size, template=template, smoother=self.smoother,
+            **self.detect.kwargs(),
             detections=None if self.detections is None else self.detections.take_frames(range(start, stop)))
         # Pasted from the pixels as read: the float copy is let go before the network runs.
         paste_frames = rgb_planes(part).to(self.device) if self.batch.dtype in PIXEL_SCALES and \
@@ -480,11 +539,20 @@ def auto_frames_per_chunk(height: int, width: int, device=None, upscale: float =
     return chunk_size_for(height * width * 3 * 4 * copies, budget // 2, most=max_frames)
 
 
-def faces_per_batch(model, budget: Optional[int] = None) -> int:
-    """Faces per network batch whose forward fits in half of ``budget`` (at least one)."""
-    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+def forward_bytes_per_face(model) -> int:
+    """Working memory of one face's forward: ``FORWARD_BYTES_PER_FACE`` scaled by the element size
+    and by the crop area ((S/512)^2: a 1024 px model ~4x, a 2048 one ~16x)."""
     bytes_per_value = next(model.parameters()).element_size()
-    return chunk_size_for(FORWARD_BYTES_PER_FACE * bytes_per_value // 4, budget // 2)
+    area = (model_crop_size(model) / MODEL_SIZE) ** 2
+    return int(FORWARD_BYTES_PER_FACE * bytes_per_value / 4 * area)
+
+
+def faces_per_batch(model, budget: Optional[int] = None) -> int:
+    """Faces per network batch whose forward fits in half of ``budget`` (at least one; at most the
+    model's ``fixed_batch``: a fixed-batch file gains nothing from more)."""
+    budget = DEFAULT_MEMORY_BUDGET if budget is None else int(budget)
+    most = model_fixed_batch(model)
+    return chunk_size_for(forward_bytes_per_face(model), budget // 2, most=64 if most is None else most)
 
 
 def band_rows_for(out_width: int, frames: int, budget: Optional[int] = None) -> int:

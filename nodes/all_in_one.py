@@ -7,8 +7,9 @@ from ..codeformer_core import pipeline
 from ..codeformer_core.faces.detect import DetectOptions
 from ..codeformer_core.faces.paste import PasteOptions
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, CodeFormerModel, FaceDetector, check_choice, face_size_inputs, max_memory_input,
-                     memory_budget, network_batch, threshold_input, validation_result, visibility_input, w_input)
+from .common import (CATEGORY, ONNX_W_TIP, W_TOOLTIP, CodeFormerModel, FaceDetector, check_choice, face_size_inputs,
+                     max_memory_input, memory_budget, network_batch, threshold_input, validation_result,
+                     visibility_input, w_input)
 
 ALL_IN_ONE_SELECTIONS = ("all", "largest", "center")
 
@@ -22,13 +23,16 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
             category=CATEGORY,
             description=("Finds, restores and pastes back every face of an image batch in one step. With a "
                          "colorization or inpainting model it colorizes / inpaints instead (by the model's "
-                         "variant). For more control use the modular nodes (Detect -> Restore -> Paste)."),
+                         "variant). An ONNX face model (.onnx from 'Load CodeFormer Model') restores at its own "
+                         "crop size and alignment. For more control use the modular nodes (Detect -> Restore "
+                         "-> Paste)."),
             inputs=[
                 io.Image.Input("image", tooltip="Image batch or video frames."),
-                CodeFormerModel.Input("model", tooltip="From 'Load CodeFormer Model'."),
+                CodeFormerModel.Input("model", tooltip="From 'Load CodeFormer Model': CodeFormer weights or an "
+                                                       "ONNX face model (.onnx)."),
                 FaceDetector.Input("face_detector", tooltip="From 'Load Face Detector (CodeFormer)'; its parsing "
                                                             "model (if any) shapes the paste-back mask."),
-                w_input(),
+                w_input(tooltip=W_TOOLTIP + ONNX_W_TIP),
                 visibility_input(),
                 io.Combo.Input("selection", options=list(ALL_IN_ONE_SELECTIONS), default="all",
                                tooltip="Restore all faces, only the largest, or only the one nearest the centre "
@@ -59,7 +63,7 @@ class CodeFormerRestoreFacesAllInOne(io.ComfyNode):
         run = pipeline.RunOptions(batch_size=network_batch(), progress=bridge.progress_bar(frames),
                                   check_interrupt=bridge.check_interrupt,
                                   memory_budget=memory_budget(max_memory_gb))
-        with bridge.on_compute_device(modules, pipeline.FORWARD_BYTES_PER_FACE * run.batch_size):
+        with bridge.on_compute_device(modules, pipeline.forward_bytes_per_face(model) * run.batch_size):
             result = pipeline.restore_images(
                 image, model, face_detector.detector, w=float(w), task=task,
                 detect=DetectOptions(conf_threshold=float(threshold), selection=selection,

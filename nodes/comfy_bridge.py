@@ -15,6 +15,7 @@ import comfy.utils
 import folder_paths
 
 MODEL_EXTENSIONS = (".pth", ".pt", ".ckpt", ".safetensors", ".bin")
+ONNX_EXTENSIONS = (".onnx",)   # face models run with ONNX Runtime (Load CodeFormer Model lists them too)
 # ComfyUI folder names this pack registers, and the models/ sub-folder each one points to.
 FOLDERS = {"facerestore_models": "facerestore_models", "codeformer": "codeformer",
            "facedetection": "facedetection"}
@@ -34,8 +35,9 @@ def folders_text(folder_names: Iterable[str]) -> str:
 
 
 # -- files ----------------------------------------------------------------------------------------
-def list_files(folder_names: Iterable[str]) -> List[str]:
+def list_files(folder_names: Iterable[str], extensions: Iterable[str] = MODEL_EXTENSIONS) -> List[str]:
     """Weight files in ComfyUI's folders (extension-filtered, de-duplicated, in listing order)."""
+    extensions = tuple(extensions)
     seen, out = set(), []
     for name in folder_names:
         try:
@@ -43,7 +45,7 @@ def list_files(folder_names: Iterable[str]) -> List[str]:
         except KeyError:  # folder not registered (old config); nothing to offer
             continue
         for f in files:
-            if f.lower().endswith(MODEL_EXTENSIONS) and f not in seen:
+            if f.lower().endswith(extensions) and f not in seen:
                 seen.add(f)
                 out.append(f)
     return out
@@ -119,8 +121,9 @@ def module_bytes(module) -> int:
 @contextmanager
 def on_compute_device(modules: Iterable, working_bytes: int = 0) -> Iterator[object]:
     """Frees ComfyUI memory for the job, moves the modules to the compute device, and always
-    puts them back on the offload device afterwards (also on error or cancel)."""
-    modules = [m for m in modules if m is not None]
+    puts them back on the offload device afterwards (also on error or cancel). A model that cannot
+    move (no ``to``: an ONNX face model, whose session lives on the device it was loaded for) stays."""
+    modules = [m for m in modules if m is not None and callable(getattr(m, "to", None))]
     device = compute_device()
     mm.free_memory(sum(module_bytes(m) for m in modules) + int(working_bytes), device)
     try:

@@ -27,8 +27,13 @@ W_TOOLTIP = ("Fidelity weight w, 0..1. 0 = strongest restoration (most change, c
              "use 0.7-1.0 to keep identity on good inputs.")
 
 
-def w_input(default: float = 0.5) -> io.Float.Input:
-    return io.Float.Input("w", default=default, min=0.0, max=1.0, step=0.01, tooltip=W_TOOLTIP)
+# Where an ONNX face model may be connected: when w is used.
+ONNX_W_TIP = (" With an ONNX face model, w is used only when the file has a fidelity input (CodeFormer "
+              "exports); GPEN-BFR and GFPGAN files ignore it.")
+
+
+def w_input(default: float = 0.5, tooltip: str = W_TOOLTIP) -> io.Float.Input:
+    return io.Float.Input("w", default=default, min=0.0, max=1.0, step=0.01, tooltip=tooltip)
 
 
 def threshold_input(tooltip: str) -> io.Float.Input:
@@ -99,6 +104,19 @@ def validation_result(*messages: Optional[str]):
     """``validate_inputs`` return value: True, or the problems as one message."""
     problems = [m for m in messages if m]
     return "; ".join(problems) if problems else True
+
+
+def face_geometry(model=None):
+    """(crop size, five-point template [5,2] in crop pixels) faces are aligned to for ``model``
+    (the core's ``pipeline.model_crop_size`` / ``model_template``; 512 and FFHQ without one)."""
+    if model is None:
+        return pipeline.MODEL_SIZE, pipeline.model_template(None)
+    return pipeline.model_crop_size(model), pipeline.model_template(model)
+
+
+def framing_of(size: int, template) -> tuple:
+    """A FACES batch's framing as its meta keeps it: the template as fractions of the crop side."""
+    return tuple(round(float(v) / size, 4) for v in template.flatten())
 
 
 def network_batch() -> int:

@@ -11,8 +11,9 @@ from ..codeformer_core.faces.batch import FaceBatch
 from ..codeformer_core.faces.detect import SELECTIONS, SORT_KEYS
 from ..codeformer_core.faces.paste import paste_faces
 from . import comfy_bridge as bridge
-from .common import (CATEGORY, FRAME_WORK_BYTES, FaceDetector, Faces, check_choice, crops_image, face_size_inputs,
-                     frame_names, frames_per_chunk, threshold_input, validation_result)
+from .common import (CATEGORY, FRAME_WORK_BYTES, CodeFormerModel, FaceDetector, Faces, check_choice, crops_image,
+                     face_geometry, face_size_inputs, frame_names, frames_per_chunk, framing_of, threshold_input,
+                     validation_result)
 
 
 class CodeFormerDetectFaces(io.ComfyNode):
@@ -22,9 +23,10 @@ class CodeFormerDetectFaces(io.ComfyNode):
             node_id="CodeFormerDetectFaces",
             display_name="Detect Faces (CodeFormer)",
             category=CATEGORY,
-            description=("Finds faces in an image batch (or video frames), aligns each to a 512x512 crop and "
-                         "returns them as FACES for the restore / colorize / inpaint and paste-back nodes. "
-                         "Frames without a face pass through; the count output says how many were found."),
+            description=("Finds faces in an image batch (or video frames), aligns each to a 512x512 crop (or "
+                         "to the crop size and alignment of the model connected to 'model') and returns them "
+                         "as FACES for the restore / colorize / inpaint and paste-back nodes. Frames without a "
+                         "face pass through; the count output says how many were found."),
             inputs=[
                 io.Image.Input("image", tooltip="Image batch or video frames to search for faces."),
                 FaceDetector.Input("face_detector", tooltip="From 'Load Face Detector (CodeFormer)'."),
@@ -50,12 +52,18 @@ class CodeFormerDetectFaces(io.ComfyNode):
                                        "frames (sigma), so the face does not lag behind when it moves (the "
                                        "whole batch is searched first). 0 = off; 2 is a good start."),
                 *face_size_inputs(),
+                CodeFormerModel.Input("model", optional=True,
+                                      tooltip="Optional: the face model the faces are for (from 'Load CodeFormer "
+                                              "Model'). Faces are aligned at its crop size and with its alignment "
+                                              "(e.g. 1024 px for GPEN-BFR-1024.onnx, ArcFace framing for "
+                                              "GPEN-BFR-256.onnx). Leave it empty for CodeFormer (512 px)."),
             ],
             outputs=[
                 Faces.Output(display_name="faces", tooltip="The detected faces: aligned crops plus what is "
                                                            "needed to paste them back."),
-                io.Image.Output(display_name="crops", tooltip="The aligned 512x512 face crops as an image batch "
-                                                              "(one image per face)."),
+                io.Image.Output(display_name="crops", tooltip="The aligned face crops (512x512, or the connected "
+                                                              "model's crop size) as an image batch (one image "
+                                                              "per face)."),
                 io.Mask.Output(display_name="mask", tooltip="Per input frame, where the faces are (1 = face "
                                                             "region)."),
                 io.Int.Output(display_name="face_count", tooltip="Total number of faces found in the batch."),
@@ -69,8 +77,11 @@ class CodeFormerDetectFaces(io.ComfyNode):
 
     @classmethod
     def execute(cls, image, face_detector, threshold=0.8, selection="all", sort_by="area", index=0,
-                max_faces=0, resolution=640, smoothing=0.0, min_size=0, max_size=0) -> io.NodeOutput:
+                max_faces=0, resolution=640, smoothing=0.0, min_size=0, max_size=0, model=None) -> io.NodeOutput:
         frames = pipeline.to_frames(image)
+        crop_size, template = face_geometry(model)
+        # the paste node's parse mask, fitted to the model's framing (ArcFace crops are parsed in FFHQ framing)
+        parser = face_detector.parser if model is None else pipeline.parser_for_model(face_detector.parser, model)
         b, _, h, w = frames.shape
         detect_kwargs = dict(conf_threshold=float(threshold), selection=selection, sort_by=sort_by,
                              index=int(index), max_faces=int(max_faces), resolution=int(resolution) or None,
@@ -89,17 +100,20 @@ class CodeFormerDetectFaces(io.ComfyNode):
 
             def detect_chunk(start: int, stop: int):
                 chunk = frames[start:stop].to(device)
-                faces = pipeline.detect_faces(chunk, face_detector.detector, **detect_kwargs, detections=None
+                faces = pipeline.detect_faces(chunk, face_detector.detector, crop_size=crop_size, template=template,
+                                              **detect_kwargs, detections=None
                                               if found is None else found.take_frames(range(start, stop)))
                 _, mask = paste_faces(chunk, faces)
                 bar(done + stop, b + done)
                 return faces.to("cpu"), mask[:, 0].float().cpu()
             parts = run_in_chunks(b, size, detect_chunk, device=device, check_interrupt=bridge.check_interrupt,
                                   describe=frame_names(frames))
+        meta = {"parser": parser, "framing": framing_of(crop_size, template)}
         if not parts:   # an empty image batch
-            faces, mask = FaceBatch.empty(0, (h, w)), torch.zeros(0, h, w)
+            faces, mask = FaceBatch.empty(0, (h, w), crop_size), torch.zeros(0, h, w)
+            faces = FaceBatch.join([faces], meta=meta)
         else:
-            faces = FaceBatch.join([f for f, _ in parts], meta={"parser": face_detector.parser})
+            faces = FaceBatch.join([f for f, _ in parts], meta=meta)
             mask = torch.cat([m for _, m in parts])
         return io.NodeOutput(faces, crops_image(faces), mask, len(faces))
 

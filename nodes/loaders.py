@@ -16,6 +16,7 @@ from ..codeformer_core.errors import MissingWeightError
 from ..codeformer_core.faces.detect import load_detector
 from ..codeformer_core.models import DTYPE_CHOICES
 from ..codeformer_core.models.loader import codeformer_dtype, load_model, load_parsenet
+from ..codeformer_core.models.onnx_face import is_onnx_file, load_onnx_face_model   # onnx itself: on use
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
 from .common import CATEGORY, CodeFormerModel, FaceDetector, check_choice, validation_result
@@ -37,13 +38,15 @@ def is_parser_file(name: str) -> bool:
     return os.path.basename(name).lower().startswith("parsing")
 
 
-def weight_options(folders: Sequence[str], kind: str, keep: Callable[[str], bool] = lambda name: True) -> List[str]:
-    """Official files of ``kind`` that are not on disk (downloaded on use), then the files on disk.
+def weight_options(folders: Sequence[str], kind: str, keep: Callable[[str], bool] = lambda name: True,
+                   extensions: Sequence[str] = bridge.MODEL_EXTENSIONS) -> List[str]:
+    """Official files of ``kind`` that are not on disk (downloaded on use), then the files on disk
+    with one of ``extensions``.
 
     Never raises: a broken registry or folder only shortens the list (with a log line), so that
     ComfyUI's node list keeps working."""
     try:
-        on_disk = [f for f in bridge.list_files(folders) if keep(f)]
+        on_disk = [f for f in bridge.list_files(folders, extensions) if keep(f)]
     except OSError as exc:
         log.warning("CodeFormer: cannot list %s: %s", bridge.folders_text(folders), exc)
         on_disk = []
@@ -90,6 +93,12 @@ def missing_choice(name: str, value: str, folders: Sequence[str], options: Seque
             f"downloaded; put the file there and refresh the node list (press R), or pick another")
 
 
+def face_model_options() -> List[str]:
+    """What 'Load CodeFormer Model' offers: CodeFormer weights, and ONNX face models (.onnx)."""
+    return weight_options(bridge.CODEFORMER_FOLDERS, "codeformer",
+                          extensions=bridge.MODEL_EXTENSIONS + bridge.ONNX_EXTENSIONS)
+
+
 class CodeFormerModelLoader(io.ComfyNode):
     @classmethod
     def define_schema(cls) -> io.Schema:
@@ -100,16 +109,21 @@ class CodeFormerModelLoader(io.ComfyNode):
             description=("Loads CodeFormer weights (restoration, colorization or inpainting; the variant is "
                          "detected from the file and shown on the 'variant' output). Official files not on "
                          "disk are downloaded on first use into models/facerestore_models, with a checksum "
-                         "check where one is published."),
+                         "check where one is published. Also loads ONNX face-restoration models (.onnx: "
+                         "GPEN-BFR-256..2048, GFPGAN, CodeFormer exports; needs onnx and onnxruntime) for the "
+                         "restore nodes; they run with ONNX Runtime on ComfyUI's device (docs/onnx.md)."),
             inputs=[
-                weight_combo("model_name", weight_options(bridge.CODEFORMER_FOLDERS, "codeformer"), "codeformer.pth",
+                weight_combo("model_name", face_model_options(), "codeformer.pth",
                              "Weight file from models/facerestore_models or models/codeformer. "
-                             "Official files that are missing are downloaded when the node first runs."),
+                             "Official files that are missing are downloaded when the node first runs. "
+                             ".onnx files are face models run with ONNX Runtime (restoration only; connect "
+                             "this model to 'Detect Faces' too so faces are aligned at its crop size)."),
                 io.Combo.Input("dtype", options=list(DTYPE_CHOICES), default="auto",
                                tooltip="Precision. auto = fp16 where ComfyUI says the device supports it; "
                                        "on CPU bf16 where the CPU runs bf16 natively; else fp32. In fp16 "
                                        "and bf16 the encoder stays fp32, so the chosen codes are those of "
-                                       "fp32. fp32 is the reference."),
+                                       "fp32. fp32 is the reference. Ignored for .onnx files (they run in "
+                                       "the precision they were exported in)."),
             ],
             outputs=[
                 CodeFormerModel.Output(display_name="model", tooltip="The CodeFormer model, kept on ComfyUI's "
@@ -121,7 +135,7 @@ class CodeFormerModelLoader(io.ComfyNode):
 
     @classmethod
     def validate_inputs(cls, model_name, dtype):
-        options = weight_options(bridge.CODEFORMER_FOLDERS, "codeformer")
+        options = face_model_options()
         return validation_result(missing_choice("model_name", model_name, bridge.CODEFORMER_FOLDERS, options),
                                  check_choice("dtype", dtype, DTYPE_CHOICES))
 
@@ -132,6 +146,12 @@ class CodeFormerModelLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model_name: str, dtype: str = "auto") -> io.NodeOutput:
         path = resolve_weight(bridge.CODEFORMER_FOLDERS, model_name)
+        if is_onnx_file(path):
+            # ONNX Runtime's session lives on the device it is made for: ComfyUI's compute device picks
+            # the providers (CUDA: TensorRT, CUDA; else CPU); TensorRT engines go to <name>.trt_cache.
+            model = load_onnx_face_model(path, bridge.compute_device())
+            log.info("CodeFormer: %r", model)
+            return io.NodeOutput(model, model.variant)
         if dtype == "auto":
             device = bridge.compute_device()
             dtype = ("fp16" if bridge.auto_half(80_000_000) else

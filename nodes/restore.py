@@ -7,14 +7,15 @@ from typing import Callable
 from comfy_api.latest import io
 
 from ..codeformer_core import pipeline
-from ..codeformer_core.errors import NotAFaceModelError, WrongVariantError
+from ..codeformer_core.errors import InputError, NotAFaceModelError, WrongVariantError
 from ..codeformer_core.faces.batch import FaceBatch
 from ..codeformer_core.faces.masks import check_frame_masks
 from ..codeformer_core.models.face_model import FaceModel
 from ..codeformer_core.tasks import BY_VARIANT, TASKS
 from ..codeformer_core.weights import registry
 from . import comfy_bridge as bridge
-from .common import CATEGORY, CodeFormerModel, Faces, crops_image, network_batch, w_input
+from .common import (CATEGORY, ONNX_W_TIP, W_TOOLTIP, CodeFormerModel, Faces, crops_image, face_geometry,
+                     framing_of, network_batch, w_input)
 
 FACES_INPUT_TIP = "Faces from 'Detect Faces (CodeFormer)' (or another face node)."
 FACES_OUTPUT_TIP = "The faces with the new crops, for 'Paste Faces Back (CodeFormer)'."
@@ -46,11 +47,12 @@ class FaceStepNode(io.ComfyNode):
     def run_on_faces(cls, model, faces: FaceBatch, step: Callable[..., FaceBatch]) -> io.NodeOutput:
         """Checks the variant first (clear error, nothing moved), then runs ``step`` on the compute device."""
         require_variant(model, cls.TASK)
+        require_framing(model, faces)
         if len(faces) == 0:
             return io.NodeOutput(faces, crops_image(faces))
         bar = bridge.progress_bar(len(faces))
         batch = network_batch()
-        with bridge.on_compute_device([model], pipeline.FORWARD_BYTES_PER_FACE * min(len(faces), batch)):
+        with bridge.on_compute_device([model], pipeline.forward_bytes_per_face(model) * min(len(faces), batch)):
             out = step(batch_size=batch, progress=bar, check_interrupt=bridge.check_interrupt)
         out = out.to("cpu")
         return io.NodeOutput(out, crops_image(out))
@@ -69,15 +71,32 @@ def require_variant(model, task: str) -> None:
                                                     f"{use}load {weight} in 'Load CodeFormer Model'") from None
 
 
+def require_framing(model, faces: FaceBatch) -> None:
+    """Faces aligned for another framing than the model's (an ArcFace-template ONNX model on faces
+    'Detect Faces' aligned the FFHQ way, or the other way round) are refused, saying what to connect.
+    Only the crop size differing is fine: the crops are resized to the model's (connect the model to
+    'Detect Faces' for full-resolution crops)."""
+    have = faces.meta.get("framing")
+    size, template = face_geometry(model)
+    if have is not None and tuple(have) != framing_of(size, template):
+        name = getattr(model, "name", "the connected model")
+        raise InputError(f"these faces were aligned for another face model than {name}, which needs its own "
+                         f"face alignment; connect the model to the 'model' input of 'Detect Faces (CodeFormer)' "
+                         f"too")
+
+
 class CodeFormerRestoreFaces(FaceStepNode):
     TASK, NODE_ID, DISPLAY_NAME = "restore", "CodeFormerRestoreFaces", "CodeFormer Restore Faces"
-    ABOUT = ("Restores the face crops with CodeFormer (restoration model). w trades quality for fidelity: "
-             "0 = strongest restoration, 1 = closest to the input.")
-    MODEL_TIP = "CodeFormer restoration model (codeformer.pth) from 'Load CodeFormer Model'."
+    ABOUT = ("Restores the face crops with CodeFormer (restoration model), or with an ONNX face model (.onnx) "
+             "loaded by 'Load CodeFormer Model'. w trades quality for fidelity: 0 = strongest restoration, "
+             "1 = closest to the input.")
+    MODEL_TIP = ("CodeFormer restoration model (codeformer.pth) or an ONNX face model (e.g. GPEN-BFR-512.onnx) "
+                 "from 'Load CodeFormer Model'; connect it to 'Detect Faces' too when its crop size or "
+                 "alignment is not CodeFormer's.")
 
     @classmethod
     def extra_inputs(cls) -> list:
-        return [w_input()]
+        return [w_input(tooltip=W_TOOLTIP + ONNX_W_TIP)]
 
     @classmethod
     def execute(cls, model, faces, w=0.5) -> io.NodeOutput:

@@ -325,3 +325,58 @@ def empty_outputs_prompt(object_info: dict, image: str = "astronaut.png") -> tup
         p[f"mp{i}"] = {"class_type": "PreviewImage", "inputs": {"images": [f"m{i}", 0]}}
         previews[what] = (f"mp{i}",)
     return p, previews
+
+
+# -- small ONNX face-restoration files (tests/test_onnx_face.py, the pipeline / CLI / node tests) ----
+def _copy_convs():
+    """Two convolutions that together copy the image: 3x3 with the centre tap, then 1x1 identity."""
+    from onnx import helper, numpy_helper
+    k3 = np.zeros((3, 3, 3, 3), np.float32)
+    k1 = np.zeros((3, 3, 1, 1), np.float32)
+    for c in range(3):
+        k3[c, c, 1, 1] = 1.0
+        k1[c, c, 0, 0] = 1.0
+    inits = [numpy_helper.from_array(k3, "conv1.weight"),
+             numpy_helper.from_array(np.zeros(3, np.float32), "conv1.bias"),
+             numpy_helper.from_array(k1, "conv2.weight")]
+    nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["a"], pads=[1, 1, 1, 1]),
+             helper.make_node("Conv", ["a", "conv2.weight"], ["b"])]
+    return nodes, inits
+
+
+def face_model_proto(size: int, fidelity=None, fid_type=None, fid_shape=("B",), batch="B",
+                     out_size=None, in_shape=None, extra_input=None):
+    """A face-restorer-shaped ONNX model (needs ``onnx``): two convolutions that copy the image, then
+    ``y = x * (2w - 1)`` with a fidelity input (``fidelity`` its name, ``fid_type`` its
+    TensorProto type, float by default) or ``y = -x`` without; ``batch`` an int (fixed) or a name
+    (dynamic). The other keyword arguments make the signatures of the refusal tests."""
+    from onnx import TensorProto, helper, numpy_helper
+    fid_type = TensorProto.FLOAT if fid_type is None else fid_type
+    nodes, inits = _copy_convs()
+    shape = in_shape or [batch, 3, size, size]
+    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)]
+    o = out_size or size
+    if fidelity is None:
+        nodes.append(helper.make_node("Neg", ["b"], ["output"]))
+    else:
+        inputs.append(helper.make_tensor_value_info(fidelity, fid_type, list(fid_shape)))
+        inits += [numpy_helper.from_array(np.array([2.0], np.float32), "two"),
+                  numpy_helper.from_array(np.array([1.0], np.float32), "one"),
+                  numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4")]
+        nodes += [helper.make_node("Cast", [fidelity], ["wf"], to=TensorProto.FLOAT),
+                  helper.make_node("Mul", ["wf", "two"], ["w2"]),
+                  helper.make_node("Sub", ["w2", "one"], ["k"]),
+                  helper.make_node("Reshape", ["k", "shape4"], ["k4"]),
+                  helper.make_node("Mul", ["b", "k4"], ["output"])]
+    if extra_input:
+        inputs.append(helper.make_tensor_value_info(extra_input, TensorProto.FLOAT, [1, 3, size, size]))
+    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, o, o])]
+    graph = helper.make_graph(nodes, "face", inputs, outputs, inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
+    model.ir_version = 8
+    return model
+
+
+def write_onnx(proto, path):
+    path.write_bytes(proto.SerializeToString())
+    return path

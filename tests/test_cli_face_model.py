@@ -57,7 +57,7 @@ def test_face_model_option_errors(tmp_path, models_dir, restoreformer_file, monk
                       "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR and "not both" in err
     rc, _, err = call("colorize", src, "--face-model", restoreformer_file)
-    assert rc == cli.EXIT_USAGE                                     # restore only
+    assert rc == cli.EXIT_ERROR and "--face-model is for 'codeformer restore' only" in err   # restore only
     import sys
     monkeypatch.setitem(sys.modules, "spandrel", None)
     rc, _, err = call("restore", src, "--face-model", restoreformer_file, "--models", models_dir, *DETECTOR_ARGS)

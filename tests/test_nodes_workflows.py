@@ -22,10 +22,22 @@ VIRTUAL = {"Note", "MarkdownNote", "Reroute", "PrimitiveNode"}
 WIDGETS = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 
+ONNX_GRAPH_FILE = "GPEN-BFR-512.onnx"   # the file restore_faces_onnx.json loads (written here, as a user would)
+try:   # imported now: once ComfyUI has loaded the pack, the pack folder's parent is on sys.path (and may hold
+    import onnx  # noqa: F401   another folder named onnx)
+except ImportError:
+    onnx = None
+
+
 @pytest.fixture(scope="module")
 def infos(comfyui):
     """/object_info as the server gives it: core entries stored from ComfyUI 0.3.64, ours from the
-    loaded V3 classes (ComfyUI's GET_NODE_INFO_V1)."""
+    loaded V3 classes (ComfyUI's GET_NODE_INFO_V1), with the ONNX graph's file in facerestore_models."""
+    if onnx is not None:
+        from helpers import face_model_proto, write_onnx
+        path = comfyui.base / "models" / "facerestore_models" / ONNX_GRAPH_FILE
+        if not path.exists():
+            write_onnx(face_model_proto(512), path)
     return {**CORE, **{k: comfyui.N[k].GET_NODE_INFO_V1() for k in NODE_IDS}}
 
 
@@ -139,7 +151,7 @@ def test_workflow_is_valid(path, infos):
 def test_expected_workflows_exist():
     names = {p.stem for p in WORKFLOWS}
     assert {"restore_faces_simple", "restore_faces_modular", "colorize_old_photo", "inpaint_masked_face",
-            "txt2img_fix_faces", "restore_then_upscale", "restore_video_frames"} <= names
+            "txt2img_fix_faces", "restore_then_upscale", "restore_video_frames", "restore_faces_onnx"} <= names
 
 
 # -- run by ComfyUI's own validation and executor -------------------------------------------------------

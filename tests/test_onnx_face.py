@@ -16,7 +16,7 @@ import torch
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx import TensorProto, numpy_helper  # noqa: E402
 
 from codeformer_core import pipeline  # noqa: E402
 from codeformer_core.cli import main as cli_main  # noqa: E402
@@ -26,57 +26,9 @@ from codeformer_core.faces.detect import Detections  # noqa: E402
 from codeformer_core.faces.paste import paste_faces  # noqa: E402
 from codeformer_core.models.onnx_face import (CPU, CUDA, TENSORRT, OnnxFaceModel, inspect_onnx_face_model,  # noqa: E402
                                               select_providers)
+from helpers import face_model_proto, write_onnx as write  # noqa: E402
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "face_golden")
-
-
-def _copy_convs():
-    """Two convolutions that together copy the image: 3x3 with the centre tap, then 1x1 identity."""
-    k3 = np.zeros((3, 3, 3, 3), np.float32)
-    k1 = np.zeros((3, 3, 1, 1), np.float32)
-    for c in range(3):
-        k3[c, c, 1, 1] = 1.0
-        k1[c, c, 0, 0] = 1.0
-    inits = [numpy_helper.from_array(k3, "conv1.weight"),
-             numpy_helper.from_array(np.zeros(3, np.float32), "conv1.bias"),
-             numpy_helper.from_array(k1, "conv2.weight")]
-    nodes = [helper.make_node("Conv", ["input", "conv1.weight", "conv1.bias"], ["a"], pads=[1, 1, 1, 1]),
-             helper.make_node("Conv", ["a", "conv2.weight"], ["b"])]
-    return nodes, inits
-
-
-def face_model_proto(size: int, fidelity=None, fid_type=TensorProto.FLOAT, fid_shape=("B",), batch="B",
-                     out_size=None, in_shape=None, extra_input=None):
-    """A face-restorer-shaped ONNX model (see the module notes); the keyword arguments make the
-    signatures of the refusal tests."""
-    nodes, inits = _copy_convs()
-    shape = in_shape or [batch, 3, size, size]
-    inputs = [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)]
-    o = out_size or size
-    if fidelity is None:
-        nodes.append(helper.make_node("Neg", ["b"], ["output"]))
-    else:
-        inputs.append(helper.make_tensor_value_info(fidelity, fid_type, list(fid_shape)))
-        inits += [numpy_helper.from_array(np.array([2.0], np.float32), "two"),
-                  numpy_helper.from_array(np.array([1.0], np.float32), "one"),
-                  numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "shape4")]
-        nodes += [helper.make_node("Cast", [fidelity], ["wf"], to=TensorProto.FLOAT),
-                  helper.make_node("Mul", ["wf", "two"], ["w2"]),
-                  helper.make_node("Sub", ["w2", "one"], ["k"]),
-                  helper.make_node("Reshape", ["k", "shape4"], ["k4"]),
-                  helper.make_node("Mul", ["b", "k4"], ["output"])]
-    if extra_input:
-        inputs.append(helper.make_tensor_value_info(extra_input, TensorProto.FLOAT, [1, 3, size, size]))
-    outputs = [helper.make_tensor_value_info("output", TensorProto.FLOAT, [batch, 3, o, o])]
-    graph = helper.make_graph(nodes, "face", inputs, outputs, inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="test")
-    model.ir_version = 8
-    return model
-
-
-def write(proto, path):
-    path.write_bytes(proto.SerializeToString())
-    return path
 
 
 def expected(crops01: torch.Tensor, w) -> torch.Tensor:

@@ -70,9 +70,13 @@ EXPECTED = {
     "restore_video_frames": {"Save Video": "clip"},
     "restore_faces_gfpgan": {"Save Image": "input", "Restored crops": CROP},
     "restore_keep_original_eyes": {"Save Image": "input"},
+    "restore_faces_onnx": {"Save Image": "input", "Restored crops": CROP},   # GPEN-BFR-512: 512 px crops
 }
 # The face-model graph's file: a random-weight GFPGAN built from spandrel's architecture (issue 10).
 FACE_MODEL_FILE = "upscale_models/GFPGANv1.4.pth"
+# The ONNX graph's file (issue 21): a small GPEN-BFR-512-shaped file (tests/helpers.face_model_proto: it
+# inverts the crop), so ONNX Runtime runs inside the server.
+ONNX_FACE_MODEL_FILE = "facerestore_models/GPEN-BFR-512.onnx"
 # The test clip: a few frames of the astronaut, moving, with a 440 Hz tone.
 CLIP = SimpleNamespace(name="astronaut_tone.mp4", frames=4, fps=8, rate=44100, size=256)
 WORKFLOW_NAMES = sorted(p.stem for p in (ROOT / "workflows").glob("*.json"))
@@ -140,13 +144,18 @@ def build_models_dir() -> float | None:
 
 
 def add_face_model() -> None:
-    """Writes FACE_MODEL_FILE into .comfyui/models once (float16, about 175 MB; under the models lock)."""
+    """Writes FACE_MODEL_FILE (float16, about 175 MB) and ONNX_FACE_MODEL_FILE (a few kB) into
+    .comfyui/models once (under the models lock)."""
     from codeformer_core.dev.face_models import random_gfpgan, write_model
     with open(MODELS.parent / "models.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (MODELS / FACE_MODEL_FILE).is_file():
             partial = write_model(random_gfpgan(), MODELS / (FACE_MODEL_FILE + ".partial.pth"), half=True)
             partial.rename(MODELS / FACE_MODEL_FILE)
+        if not (MODELS / ONNX_FACE_MODEL_FILE).is_file():
+            from helpers import face_model_proto, write_onnx
+            partial = write_onnx(face_model_proto(512), MODELS / (ONNX_FACE_MODEL_FILE + ".partial"))
+            partial.rename(MODELS / ONNX_FACE_MODEL_FILE)
 
 
 def make_masked_input(path: Path) -> None:
@@ -446,7 +455,7 @@ def test_outputs_have_the_expected_size(server_run, name):
 
 
 @pytest.mark.parametrize("name", ["restore_faces_simple", "restore_faces_modular", "colorize_old_photo",
-                                  "restore_faces_gfpgan"])
+                                  "restore_faces_gfpgan", "restore_faces_onnx"])
 def test_a_face_was_restored(server_run, name):
     """A face was found and pasted back: the saved image is not the input (0 faces pass through)."""
     rec = _record(server_run, name)

@@ -326,10 +326,29 @@ def keep_eyes(info):
                     weights_line(RESTORE_WEIGHTS, FACE_WEIGHTS))
 
 
+def onnx_face_model(info):
+    g = Graph(info)
+    img = g.add("LoadImage", (0, 320), image="astronaut.png")
+    det, r, p = detect_restore_paste(g, (img, "IMAGE"), "CodeFormerRestoreFaces", "GPEN-BFR-512.onnx")
+    m = next(n["id"] for n in g.nodes if n["type"] == "CodeFormerModelLoader")
+    g.link(m, "model", det, "model")   # faces aligned at the model's crop size and template
+    s = g.add("SaveImage", (1520, 0), filename_prefix="codeformer/onnx")
+    g.link(p, "image", s, "images")
+    pr = g.add("PreviewImage", (780, 340), title="Restored crops")
+    g.link(r, "crops", pr, "images")
+    return g.finish("restore_faces_onnx",
+                    "Restores the faces with an ONNX face model (GPEN-BFR-256/512/1024/2048, GFPGAN or a CodeFormer "
+                    "export) run by ONNX Runtime; the model also goes to Detect Faces, which aligns at its crop size.",
+                    "Weights: GPEN-BFR-512.onnx (or gpen_bfr_1024.onnx, GPEN-BFR-256.onnx ...; not downloaded: "
+                    "put the file there, pip install onnx onnxruntime) in models/facerestore_models; "
+                    + FACE_WEIGHTS + " (the detector loader downloads missing official files there on first run).")
+
+
 BUILDERS = {"restore_faces_simple": all_in_one, "restore_faces_modular": modular, "colorize_old_photo": colorize,
             "inpaint_masked_face": inpaint, "txt2img_fix_faces": txt2img, "restore_then_upscale": upscale,
             "restore_video_frames": video, "restore_faces_gfpgan": face_model,
-            "restore_keep_original_eyes": keep_eyes}
+            "restore_keep_original_eyes": keep_eyes,
+            "restore_faces_onnx": onnx_face_model}
 
 
 def build_all(object_info: dict) -> dict:

@@ -111,9 +111,14 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                    "(.pth or .safetensors)")
     if task == "restore":
         g.add_argument("--face-model", metavar="PATH",
-                       help="restore faces with another face model spandrel loads instead of CodeFormer: GFPGAN "
-                            "1.2-1.4, RestoreFormer (and CodeFormer with spandrel-extra-arches installed); "
-                            "-w applies to CodeFormer only. Needs spandrel")
+                       help="restore faces with another face model instead of CodeFormer: GFPGAN 1.2-1.4, "
+                            "RestoreFormer (and CodeFormer with spandrel-extra-arches installed) through spandrel, "
+                            "or an ONNX file (GPEN-BFR-256..2048, GFPGAN, CodeFormer .onnx; needs onnx and "
+                            "onnxruntime, --dtype does not apply, TensorRT engines cached beside the file in "
+                            "NAME.trt_cache: docs/onnx.md). -w applies to CodeFormer and to ONNX files with a "
+                            "fidelity input only")
+    else:   # taken only to say why not (argparse would say just "unrecognized arguments")
+        g.add_argument("--face-model", metavar="PATH", help=argparse.SUPPRESS)
     _models_option(g)
     g.add_argument("--no-download", action="store_true", help="never download; fail if a weight file is missing")
     g.add_argument("--threads", type=int, default=None, metavar="N",

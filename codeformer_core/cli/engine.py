@@ -113,10 +113,17 @@ def open_session(settings: Settings, out: Out) -> Session:
         raise UserError(str(e)) from None
     paths = weight_paths(m, settings.task, settings.has_aligned, out)
     ckpt = paths["model"]
-    out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
-    if m.face_model:
+    onnx = bool(m.face_model) and is_onnx_path(ckpt)
+    if onnx:
+        if m.dtype != "auto":
+            out.warn(f"--dtype {m.dtype} does not apply to {ckpt.name}: an ONNX file runs in the precision it "
+                     f"was exported in")
+        model = load_onnx_face_model_for_cli(ckpt, device, out)
+    elif m.face_model:
+        out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
         model = load_spandrel_face_model(ckpt, device, dtype)
     else:
+        out.info(f"loading {ckpt.name} on {device} ({str(dtype).replace('torch.', '')})")
         model = loader.load_model(ckpt, device=device, dtype=dtype)
         require_task_model(model, settings.task, ckpt)
     nets = Networks(model=model)
@@ -143,6 +150,29 @@ def open_session(settings: Settings, out: Out) -> Session:
         from ..io.images import read_mask
         nets = replace(nets, paste_mask=read_mask(m.paste_mask, soft=True))
     return Session(settings, out, nets)
+
+
+def is_onnx_path(path: Path) -> bool:
+    from ..models.onnx_face import is_onnx_file   # the module imports onnx only when a file is opened
+    return is_onnx_file(path)
+
+
+def load_onnx_face_model_for_cli(path: Path, device, out: Out):
+    """--face-model FILE.onnx: run with ONNX Runtime on the providers --device decides (TensorRT
+    engines cached in <name>.trt_cache beside the file); errors worded for the option."""
+    from ..errors import CheckpointError, NotAFaceModelError
+    from ..models.onnx_face import load_onnx_face_model
+    try:
+        model = load_onnx_face_model(path, device)
+    except MissingDependencyError as e:
+        raise UserError(f"--face-model {path.name}: {e}") from None
+    except (CheckpointError, NotAFaceModelError) as e:
+        raise UserError(f"--face-model: {e}") from None
+    fid = "uses -w" if model.has_fidelity else "has no fidelity input: -w is ignored"
+    cache = f"; TensorRT engines in {model.trt_cache_dir}" if model.trt_cache_dir is not None else ""
+    out.info(f"loaded {path.name} with ONNX Runtime ({model.providers[0]}{cache}): {model.crop_size} px crops, "
+             f"{fid}")
+    return model
 
 
 def load_spandrel_face_model(path: Path, device, dtype):

@@ -150,6 +150,9 @@ def check_args(args: argparse.Namespace, task: str) -> None:
     if args.parse:  # region names checked now, before any file is read (masks imports torch: not for --help)
         from ..faces.masks import region_labels
         region_labels(args.region_preset, args.regions, args.keep_regions)
+    if task != "restore" and getattr(args, "face_model", None):
+        raise UserError(f"--face-model is for 'codeformer restore' only: 'codeformer {task}' needs the CodeFormer "
+                        f"{TASKS[task].variant} model (--model)")
     if args.face_model and args.model:
         raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 

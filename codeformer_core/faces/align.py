@@ -18,16 +18,13 @@ import torch.nn.functional as F
 from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine, invert_affine64,
                        pixel_to_normalized, row_chunks, translation, window_grid)
+from ..templates import FFHQ_TEMPLATE_512
 
 __all__ = [
     "FFHQ_TEMPLATE_512", "BORDER_RGB", "template_for", "estimate_similarity", "invert_affine",
     "warp_faces", "align_faces", "detect_gray_frames",
 ]
 
-# (x, y) in a 512x512 crop: eye centres (image left, right), nose tip, mouth corners.
-FFHQ_TEMPLATE_512 = torch.tensor(
-    [[192.98138, 239.94708], [318.90277, 240.1936], [256.63416, 314.01935],
-     [201.26117, 371.41043], [313.08905, 371.15118]], dtype=torch.float64)
 
 # The reference fills pixels outside the frame with BGR (135, 133, 132), i.e. RGB (132, 133, 135).
 BORDER_RGB = (132, 133, 135)
@@ -191,13 +188,15 @@ def detect_gray_frames(frames: torch.Tensor, tol: float = 2.0 / 255.0) -> torch.
 def align_faces(frames: torch.Tensor, landmarks: torch.Tensor, frame_index: torch.Tensor,
                 boxes: Optional[torch.Tensor] = None, scores: Optional[torch.Tensor] = None,
                 size: int = 512, gray: Union[None, bool, torch.Tensor] = None,
-                robust: bool = True) -> FaceBatch:
+                robust: bool = True, template: Optional[torch.Tensor] = None) -> FaceBatch:
     """Fit, warp and package all faces of a frame batch as a FaceBatch.
 
     landmarks [N,5,2] frame pixels (eyes image-left/right, nose, mouth corners); frame_index [N].
     ``boxes`` default to the frame-space footprint of each crop square (no detector box known);
     ``scores`` default to 1. ``gray``: None detects grey frames (detect_gray_frames), a bool
-    applies to every face, a [N] tensor is per face.
+    applies to every face, a [N] tensor is per face. ``template``: the five points [5,2] in crop
+    pixels the landmarks are fitted to (None: the FFHQ template scaled to ``size``, ``template_for``;
+    a face model aligned otherwise says its own, e.g. GPEN-BFR-256's ArcFace one).
     """
     dev = frames.device
     B, _, H, W = frames.shape
@@ -206,7 +205,10 @@ def align_faces(frames: torch.Tensor, landmarks: torch.Tensor, frame_index: torc
     frame_index = torch.as_tensor(frame_index, device=dev).to(torch.long).reshape(n)
     if n and (int(frame_index.min()) < 0 or int(frame_index.max()) >= B):
         raise ValueError("frame_index out of range")
-    affines = estimate_similarity(lm, template_for(size, torch.float64), robust=robust)
+    tmpl = template_for(size, torch.float64) if template is None else template.detach().to("cpu", torch.float64)
+    if tuple(tmpl.shape) != (5, 2):
+        raise ValueError(f"template must be [5,2] crop pixels, got {tuple(tmpl.shape)}")
+    affines = estimate_similarity(lm, tmpl, robust=robust)
     inverse = invert_affine(affines)
     crops = warp_faces(frames, affines, frame_index, size=size)
     if boxes is None:

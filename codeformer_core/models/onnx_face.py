@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 
 from ..errors import CheckpointError, MissingDependencyError, NotAFaceModelError, first_line
-from ..faces.align import FFHQ_TEMPLATE_512
+from ..templates import TEMPLATES
 
 Tensor = torch.Tensor
 
@@ -48,11 +48,6 @@ FIDELITY_INPUTS = ("w", "weight")   # ours, FaceFusion's CodeFormer
 ONNX_EXTRA = ("the ONNX face models need the onnx and onnxruntime packages: pip install onnx onnxruntime "
               "(onnxruntime-gpu for CUDA / TensorRT), or the pack's [onnx] extra")
 
-# ArcFace 128 five-point template (eyes, nose, mouth corners) as fractions of the crop side; GPEN-BFR-256
-# is aligned to it scaled to 256. FFHQ: the 512 template of faces/align.py.
-ARCFACE_128 = torch.tensor([[0.36167656, 0.40387734], [0.63696719, 0.40235469], [0.50019687, 0.56044219],
-                            [0.38710391, 0.72160547], [0.61507734, 0.72034453]], dtype=torch.float64)
-TEMPLATES = {"ffhq": FFHQ_TEMPLATE_512 / 512.0, "arcface_128": ARCFACE_128}
 
 TENSORRT, CUDA, CPU = "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"
 ONNX_FLOAT, ONNX_DOUBLE, ONNX_FLOAT16 = 1, 11, 10   # onnx.TensorProto element types
