@@ -31,6 +31,7 @@ from .faces.batch import FaceBatch
 from .faces.detect import DetectOptions, Detections, FaceDetector
 from .faces.masks import check_frame_masks, parse_labels_to_masks
 from .faces.paste import PasteOptions, paste_bands
+from .faces.reframe import ReframedParseNet
 from .faces.tracks import LandmarkSmoother, smooth_detections
 from .pixels import PIXEL_SCALES, to_luminance
 from .tasks import BY_VARIANT, TASKS
@@ -125,11 +126,10 @@ def has_ffhq_framing(model) -> bool:
 
 def parser_for_model(parser, model):
     """The face parser for ``model``'s crops: ``parser`` itself for FFHQ-framed crops, else a
-    ``models.parsenet.ReframedParseNet`` (the crop warped to FFHQ framing, parsed, the labels warped
+    ``faces.reframe.ReframedParseNet`` (the crop warped to FFHQ framing, parsed, the labels warped
     back), so the parse mask fits e.g. GPEN-BFR-256's ArcFace crops."""
     if parser is None or has_ffhq_framing(model):
         return parser
-    from .models.parsenet import ReframedParseNet
     if isinstance(parser, ReframedParseNet):
         return parser
     return ReframedParseNet(parser, model_template(model), model_crop_size(model))

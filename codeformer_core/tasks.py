@@ -5,9 +5,9 @@ the model variant that does it, the registry name of its official weight file, t
 weight ``w`` and AdaIN setting its original entry point uses, and the suffix of output files.
 Front ends (nodes, command line) word their own labels; the core holds no UI names.
 
-``w`` and AdaIN are facts of the variant's network and are kept once, in
-``models.codeformer.VARIANTS``; a task reads them from there (imported on first use, so this
-module stays importable without torch, e.g. for ``codeformer --help``).
+Each fact is kept here once: ``models.codeformer.VariantConfig`` reads a variant's default ``w``
+and AdaIN from this table (so ``model(x, w=None)`` and the pipeline's steps agree). This module
+imports nothing heavy (``codeformer --help`` reads it without torch).
 """
 from __future__ import annotations
 
@@ -21,24 +21,14 @@ class Task:
     variant: str       # model variant that performs it (models.codeformer.VARIANTS key)
     weight: str        # registry name of the official weight file (weights/registry.json)
     suffix: str        # added to output file names by default
-
-    @property
-    def default_w(self) -> float:
-        """Fidelity weight of the original entry point (0 = strongest restoration)."""
-        from .models.codeformer import VARIANTS
-        return VARIANTS[self.variant].default_w
-
-    @property
-    def adain(self) -> bool:
-        """Colour statistics of the input re-applied to the output (AdaIN), as the original does."""
-        from .models.codeformer import VARIANTS
-        return VARIANTS[self.variant].default_adain
+    default_w: float   # fidelity weight of the original entry point (0 = strongest restoration)
+    adain: bool        # colour statistics of the input re-applied to the output, as the original does
 
 
 TASKS: Dict[str, Task] = {
-    "restore": Task("restore", "restoration", "codeformer", "_restored"),
-    "colorize": Task("colorize", "colorization", "codeformer_colorization", "_colorized"),
-    "inpaint": Task("inpaint", "inpainting", "codeformer_inpainting", "_inpainted"),
+    "restore": Task("restore", "restoration", "codeformer", "_restored", default_w=0.5, adain=True),
+    "colorize": Task("colorize", "colorization", "codeformer_colorization", "_colorized", default_w=0.0, adain=True),
+    "inpaint": Task("inpaint", "inpainting", "codeformer_inpainting", "_inpainted", default_w=1.0, adain=False),
 }
 
 BY_VARIANT: Dict[str, Task] = {t.variant: t for t in TASKS.values()}

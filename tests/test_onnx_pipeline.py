@@ -123,7 +123,7 @@ class SeeingParser(torch.nn.Module):
 def test_arcface_crops_are_parsed_in_ffhq_framing(scene, models, parser):
     """ReframedParseNet hands the parser the face in FFHQ framing (what ParseNet was trained on) and
     carries the result back into the ArcFace framing: checked against align_faces' own crops."""
-    from codeformer_core.models.parsenet import ReframedParseNet
+    from codeformer_core.faces.reframe import ReframedParseNet
     image, lm, _ = scene
     frames, idx = image.permute(0, 3, 1, 2), torch.zeros(1, dtype=torch.long)
     model = OnnxFaceModel(models["gpen256"])

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..tasks import task_for_variant
 from .precision import reduced_convs
 
 Tensor = torch.Tensor
@@ -31,9 +32,17 @@ class VariantConfig:
     name: str
     codebook_size: int
     fusion_resolutions: Tuple[int, ...]
-    default_w: float
-    default_adain: bool
     description: str
+
+    @property
+    def default_w(self) -> float:
+        """The fidelity weight its original entry point uses (``tasks.TASKS``, kept there once)."""
+        return task_for_variant(self.name).default_w
+
+    @property
+    def default_adain(self) -> bool:
+        """Whether its original entry point re-applies the input's colour statistics (``tasks.TASKS``)."""
+        return task_for_variant(self.name).adain
 
 
 @dataclass(frozen=True)
@@ -47,11 +56,10 @@ class CodeFormerOptions:
 
 
 VARIANTS: Dict[str, VariantConfig] = {
-    "restoration": VariantConfig("restoration", 1024, (32, 64, 128, 256), 0.5, True,
-                                 "face restoration (codeformer.pth)"),
-    "colorization": VariantConfig("colorization", 1024, (32, 64, 128), 0.0, True,
+    "restoration": VariantConfig("restoration", 1024, (32, 64, 128, 256), "face restoration (codeformer.pth)"),
+    "colorization": VariantConfig("colorization", 1024, (32, 64, 128),
                                   "colorization of gray faces (codeformer_colorization.pth)"),
-    "inpainting": VariantConfig("inpainting", 512, (32, 64, 128), 1.0, False,
+    "inpainting": VariantConfig("inpainting", 512, (32, 64, 128),
                                 "inpainting of white-masked faces (codeformer_inpainting.pth)"),
 }
 
