@@ -136,7 +136,8 @@ def comfyui(comfy_base):
     return types.SimpleNamespace(nodes=nodes, execution=execution, folder_paths=folder_paths,
                                  mm=comfy.model_management, utils=comfy.utils, pack=pack, base=comfy_base,
                                  load_seconds=load_seconds, load_built=built, load_read=loaded,
-                                 N={k: nodes.NODE_CLASS_MAPPINGS[k] for k in NODE_IDS if k in nodes.NODE_CLASS_MAPPINGS})
+                                 N={k: nodes.NODE_CLASS_MAPPINGS[k] for k in NODE_IDS
+                                    if k in nodes.NODE_CLASS_MAPPINGS})
 
 
 @pytest.fixture

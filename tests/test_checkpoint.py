@@ -221,7 +221,8 @@ def test_loading_without_a_kind_detects_any_network_and_names_foreign_files():
     assert detect(sd).key == ("codeformer", "colorization")
     gfpgan = {"stylegan_decoder.style_mlp.1.weight": torch.zeros(4, 4)}
     with pytest.raises(CheckpointError, match="not a network this pack loads: it looks like a GFPGAN checkpoint; "
-                                              "expected codeformer.pth.*detection_Resnet50_Final.pth.*parsing_parsenet"):
+                                              "expected codeformer.pth.*detection_Resnet50_Final.pth"
+                                              ".*parsing_parsenet"):
         load_network(gfpgan)
     with pytest.raises(CheckpointError, match="not a CodeFormer checkpoint: it looks like a BiSeNet face parser"):
         load_network({"cp.resnet.conv1.weight": torch.zeros(1)}, "codeformer")

@@ -292,7 +292,7 @@ def test_missing_weight_offline_names_url_and_path(capsys, tmp_path, monkeypatch
     monkeypatch.setattr(weights, "known_weights", lambda: dict(entries))
     src = write_rgb(tmp_path / "a.png", astronaut((64, 64)))
     rc, _, err = run(capsys, "restore", src, "--models", tmp_path / "empty", "-q")
-    lines = [l for l in err.splitlines() if l.startswith("codeformer: error")]
+    lines = [line for line in err.splitlines() if line.startswith("codeformer: error")]
     assert rc == cli.EXIT_ERROR and len(lines) == 1
     assert entries["codeformer"].url in lines[0]
     assert str(tmp_path / "empty" / "facerestore_models" / "codeformer.pth") in lines[0]
@@ -345,7 +345,7 @@ def test_weights_list_download_verify(capsys, local_registry, server, tmp_path, 
     assert dest.read_bytes() == PAYLOAD and "sha256 ok" in out
     assert not list(dest.parent.glob("*.part*"))
     rc, out, _ = run(capsys, "weights", "list")
-    line = next(l for l in out.splitlines() if l.startswith("codeformer_inpainting"))
+    line = next(row for row in out.splitlines() if row.startswith("codeformer_inpainting"))
     assert "present" in line
     hits = len(server.hits)
     rc, out, _ = run(capsys, "weights", "download", "codeformer_inpainting")

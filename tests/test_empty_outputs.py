@@ -57,7 +57,8 @@ def test_every_empty_output_feeds_preview_and_save(comfyui, N):
     assert torch.equal(cache.get("8")[0][0], image) and torch.equal(cache.get("9")[0][0], image)
 
 
-@pytest.mark.parametrize("step", ["CodeFormerColorizeFaces", "CodeFormerInpaintFaces", "CodeFormerRestoreFacesWithModel"])
+@pytest.mark.parametrize("step", ["CodeFormerColorizeFaces", "CodeFormerInpaintFaces",
+                                  "CodeFormerRestoreFacesWithModel"])
 def test_other_face_steps_crops_feed_preview_and_save(comfyui, N, synthetic_model, astronaut_image, step):
     (detector,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_mobilenet0.25_Final.pth",
                            parsing_model="none")

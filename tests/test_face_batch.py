@@ -12,7 +12,8 @@ def batch_of(frame_index, num_frames, gray=True):
     """A batch with one distinct face per entry of ``frame_index`` (crops filled with the face number)."""
     n = len(frame_index)
     ids = torch.arange(n, dtype=torch.float32)
-    return FaceBatch(crops=ids.view(n, 1, 1, 1).expand(n, 3, 4, 4).clone(), affines=ids.view(n, 1, 1).expand(n, 2, 3).clone(),
+    return FaceBatch(crops=ids.view(n, 1, 1, 1).expand(n, 3, 4, 4).clone(),
+                     affines=ids.view(n, 1, 1).expand(n, 2, 3).clone(),
                      inverse_affines=-ids.view(n, 1, 1).expand(n, 2, 3).clone(),
                      frame_index=torch.tensor(frame_index, dtype=torch.int64), boxes=ids[:, None].expand(n, 4).clone(),
                      scores=ids / 10, landmarks=ids.view(n, 1, 1).expand(n, 5, 2).clone(), frame_size=(8, 6),

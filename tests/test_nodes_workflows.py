@@ -94,7 +94,7 @@ def widget_values(node, info):
     assert len(values) == len(slots) + sum(e for *_, e in slots), \
         f"node {node['id']} ({node['type']}): {len(values)} widget values for {[s[0] for s in slots]}"
     out, i = {}, 0
-    for name, spec, extra in slots:
+    for name, _spec, extra in slots:
         out[name] = values[i]
         i += 1 + extra
     return out

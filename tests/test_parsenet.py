@@ -95,7 +95,8 @@ def test_parse_faces_labels(forward, parse_golden):
     assert labels.shape == (1, 512, 512) and labels.dtype == torch.int64
     assert torch.equal(labels, logits.argmax(dim=1))
     wrong = np.flatnonzero(labels[0].numpy().ravel() != parse_golden["labels"].ravel())
-    assert np.isin(wrong, parse_golden["ambiguous_flat_idx"]).all(), f"{wrong.size} label(s) differ outside the ambiguous set"
+    assert np.isin(wrong, parse_golden["ambiguous_flat_idx"]).all(), \
+        f"{wrong.size} label(s) differ outside the ambiguous set"
 
 
 class _ChannelProbe(nn.Module):
@@ -142,5 +143,6 @@ def test_loader_refuses_other_models(weights):
     wrong = dict(weights)
     wrong["out_mask_conv.conv2d.weight"] = torch.zeros(11, 64, 3, 3)
     with pytest.raises(CheckpointError, match=r"closest is ParseNet \(19 classes, 512 px\) but 1 wrong shape: "
-                                              r"out_mask_conv.conv2d.weight is \[11, 64, 3, 3\], expected \[19, 64, 3, 3\]"):
+                                              r"out_mask_conv.conv2d.weight is \[11, 64, 3, 3\], "
+                                              r"expected \[19, 64, 3, 3\]"):
         load_parsenet(wrong)

@@ -13,7 +13,8 @@ RED, BLUE = (1.0, 0.0, 0.0), (0.0, 0.0, 1.0)
 
 
 def two_overlapping_faces():
-    """A 600x600 green frame (colour: a grey frame would paste grey faces); face A (larger, score 0.90) and face B (smaller, score 0.99) overlap
+    """A 600x600 green frame (colour: a grey frame would paste grey faces); face A (larger, score
+    0.90) and face B (smaller, score 0.99) overlap
     around (300, 300). Returns frame, landmarks [2,5,2] (A first: area order) and scores."""
     template = FFHQ_TEMPLATE_512.float() - 256
     a = template * 0.55 + torch.tensor([270.0, 290.0])

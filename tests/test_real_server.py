@@ -208,7 +208,7 @@ def probe_video(path: Path) -> dict:
 def adapt_for_synthetic_weights(api_prompt: dict, video=CLIP.name) -> list[str]:
     """Applies the synthetic-weight settings to the test's copy of a graph; returns what changed."""
     changed = []
-    for nid, node in api_prompt.items():
+    for node in api_prompt.values():
         for name, value in TEST_SETTINGS.get(node["class_type"], {}).items():
             node["inputs"][name] = value
             changed.append(f"{node['class_type']}.{name}={value}")

@@ -49,7 +49,8 @@ def write_models(models: Path) -> None:
         sd = {k: torch.from_numpy(np.ascontiguousarray(v)) if isinstance(v, np.ndarray) else v for k, v in sd.items()}
         torch.save({"params_ema": sd} if nest else sd, path)
 
-    save(synth_state_dict(contract(architecture("codeformer", "restoration")).items()), models / "facerestore_models" / "codeformer.pth",
+    save(synth_state_dict(contract(architecture("codeformer", "restoration")).items()),
+         models / "facerestore_models" / "codeformer.pth",
          nest=True)
     for file, manifest in (("detection_Resnet50_Final.pth", "retinaface_manifest_resnet50.json"),
                            ("parsing_parsenet.pth", "parsenet_manifest_parsenet.json")):

@@ -4,7 +4,8 @@
                                                [--max-memory 2G] [--models DIR] [--cli IMAGE ...]
 
 Each measurement runs in a fresh interpreter (a child process) that reports its own peak resident set
-(``VmHWM`` of /proc/self/status at exit; ``ru_maxrss`` would carry over the parent's peak across exec): models, PyTorch and the allocator's retained
+(``VmHWM`` of /proc/self/status at exit; ``ru_maxrss`` would carry over the parent's peak across
+exec): models, PyTorch and the allocator's retained
 memory included.
 
 Default (pipeline): the child sets the command line's allocator policy (cli/memory.py), loads

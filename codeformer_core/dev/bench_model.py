@@ -7,7 +7,8 @@ baseline instance (one face at a time, float32, contiguous layout, explicit soft
 upsample-then-conv) measured in the same run, plus the largest output
 difference between the two; ``--onnx FILE`` (or ``--onnx export``: the synthetic weights exported
 first) adds ONNX Runtime on CPU for an exported file, run through ``models.onnx_face.OnnxFaceModel``
-at each batch size, and the CPU's model name is printed. Weights are the synthetic golden formula: speed does not depend on
+at each batch size, and the CPU's model name is printed. Weights are the synthetic golden formula:
+speed does not depend on
 the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
 measures with the one the ``codeformer`` command sets at its start instead.
 """

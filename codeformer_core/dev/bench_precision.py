@@ -147,7 +147,8 @@ def main(argv=None):
     if args.speed:
         speed_rows(sd, x, args.speed)
     t32 = rows[0][5]
-    print(f"\n{'policy':26s} {'dtype':12s} {'codes kept':>10s} {'out max':>9s} {'out mean':>9s} {'s/face':>7s} {'vs fp32':>8s}")
+    print(f"\n{'policy':26s} {'dtype':12s} {'codes kept':>10s} {'out max':>9s} {'out mean':>9s} "
+          f"{'s/face':>7s} {'vs fp32':>8s}")
     for name, dtype, agree, emax, emean, dt in rows:
         print(f"{name:26s} {dtype:12s} {agree * 100:9.2f}% {emax:9.2e} {emean:9.2e} {dt:7.2f} {t32 / dt:7.2f}x")
 

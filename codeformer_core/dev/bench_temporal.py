@@ -164,7 +164,8 @@ def main(argv=None) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     from ..models.loader import load_model
-    model = load_model({"params_ema": synth_state_dict(contract(architecture("codeformer", "restoration")).items())}, device="cpu")
+    weights = synth_state_dict(contract(architecture("codeformer", "restoration")).items())
+    model = load_model({"params_ema": weights}, device="cpu")
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor()) if platform.system() == "Linux" else platform.processor()
     print(f"bench_temporal: {frames} frames, synthetic weights, switch cost {args.switch_cost}, "

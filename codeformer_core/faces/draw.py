@@ -8,7 +8,8 @@ import torch
 GREEN = (0.0, 1.0, 0.0)
 
 
-def box_strokes(boxes: Iterable[Sequence[float]], scale: float, height: int, width: int) -> List[Tuple[int, int, int, int]]:
+def box_strokes(boxes: Iterable[Sequence[float]], scale: float, height: int,
+                width: int) -> List[Tuple[int, int, int, int]]:
     """The filled rectangles (y0, y1, x0, x1; ends exclusive) that outline ``boxes`` in an image
     ``height`` x ``width``: see ``draw_boxes``."""
     t = max(1, int(round(2 * scale)))

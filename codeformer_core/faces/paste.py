@@ -180,7 +180,8 @@ def paste_faces(frames: torch.Tensor, faces: FaceBatch, restored: Optional[torch
     if not frames.is_floating_point():
         raise TypeError("frames must be float (0..1), got " + str(frames.dtype))
     (_, out, mask_out), = paste_bands(frames, faces, restored, options, parse_masks=parse_masks,
-                                      frame_masks=frame_masks, background=background, background_upscaler=background_upscaler, **fields)
+                                      frame_masks=frame_masks, background=background,
+                                      background_upscaler=background_upscaler, **fields)
     return out, mask_out
 
 
@@ -315,7 +316,8 @@ def _background_source(frames: torch.Tensor, Hs: int, Ws: int, background: Optio
         return (lambda r0, r1: whole[:, :, r0:r1] if owned and (r0, r1) == (0, Hs)
                 else whole[:, :, r0:r1].clone(memory_format=torch.contiguous_format)), 1
     if (Hs, Ws) == (H, W):  # the input's own rows are the caller's memory: copied, never written into
-        return (lambda r0, r1: to_unit(frames[:, :, r0:r1]).to(out_dtype).clone(memory_format=torch.contiguous_format)), 1
+        return (lambda r0, r1: to_unit(frames[:, :, r0:r1]).to(out_dtype)
+                .clone(memory_format=torch.contiguous_format)), 1
     if Hs >= H and Ws >= W:  # enlarging: each band reads (and converts) only the input rows it needs
 
         def rows(r0: int, r1: int) -> torch.Tensor:

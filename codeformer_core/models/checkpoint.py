@@ -88,7 +88,8 @@ def _read(source: Source):
         return _read_safetensors(path)
     if kind == "unknown":
         raise CheckpointError(f"{path} is neither a PyTorch checkpoint nor a safetensors file "
-                              f"(it starts with bytes {_head_hex(path)}); expected a .pth/.ckpt/.safetensors weight file")
+                              f"(it starts with bytes {_head_hex(path)}); "
+                              f"expected a .pth/.ckpt/.safetensors weight file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True, mmap=kind == "zip")
     except Exception as exc:  # noqa: BLE001 - every failure becomes one clear message
@@ -132,7 +133,8 @@ def _explain_load_failure(path: Path, kind: str, exc: Exception) -> str:
     if "central directory" in text or "failed reading" in text or isinstance(exc, EOFError) or "truncated" in text:
         return (f"{path} is truncated or corrupted ({text.splitlines()[0] if text else type(exc).__name__}); "
                 f"size {path.stat().st_size} bytes. Delete it and download it again")
-    return f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {text.splitlines()[0] if text else ''})"
+    first = text.splitlines()[0] if text else ""
+    return f"{path} could not be read as a PyTorch checkpoint ({type(exc).__name__}: {first})"
 
 
 def _unwrap(obj, where: str) -> StateDict:

@@ -376,14 +376,15 @@ class OnnxFaceModel:
             try:
                 cache.mkdir(parents=True, exist_ok=True)
             except OSError as e:
-                warnings.warn(f"{path.name}: TensorRT engines will not be cached ({cache}: {first_line(e)})")
+                warnings.warn(f"{path.name}: TensorRT engines will not be cached ({cache}: {first_line(e)})",
+                              stacklevel=2)
                 cache = None
         self.trt_cache_dir = cache
         providers = select_providers(self._device, available, tensorrt=tensorrt, trt_cache_dir=cache,
                                      trt_fp16=trt_fp16)
         if self._device.type == "cuda" and providers[0][0] == CPU:
             warnings.warn(f"{path.name}: ONNX Runtime has no CUDA provider here (install onnxruntime-gpu); "
-                          f"the face model runs on the CPU")
+                          f"the face model runs on the CPU", stacklevel=2)
         so = ort.SessionOptions()
         if threads:
             so.intra_op_num_threads = int(threads)
