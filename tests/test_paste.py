@@ -68,22 +68,12 @@ def _inverted(fb):
 # ----------------------------------------------------------------------------- fixtures
 
 @pytest.fixture(scope="module")
-def golden():
-    return np.load(os.path.join(DATA, "retinaface_align_paste.npz"))
-
-
-@pytest.fixture(scope="module")
-def astronaut():
-    return pytest.importorskip("skimage.data").astronaut()
-
-
-@pytest.fixture(scope="module")
-def cases(golden, astronaut):
+def cases(align_paste_golden, astronaut_rgb):
     """Golden inputs: {name: (image uint8, FaceBatch)}."""
-    r0, r1, c0, c1 = (int(v) for v in golden["edge_box_rows_cols"])
-    edge = np.ascontiguousarray(astronaut[r0:r1, c0:c1])
-    return {"main": (astronaut, _align(astronaut, golden["landmarks"])),
-            "edge": (edge, _align(edge, golden["edge_landmarks"]))}
+    r0, r1, c0, c1 = (int(v) for v in align_paste_golden["edge_box_rows_cols"])
+    edge = np.ascontiguousarray(astronaut_rgb[r0:r1, c0:c1])
+    return {"main": (astronaut_rgb, _align(astronaut_rgb, align_paste_golden["landmarks"])),
+            "edge": (edge, _align(edge, align_paste_golden["edge_landmarks"]))}
 
 
 @pytest.fixture(scope="module")
@@ -119,12 +109,12 @@ def identity_paste(cases):
 @pytest.mark.parametrize("case,s,key", [("main", 1, "inv_affine_x1_used"), ("main", 2, "inv_affine_x2_used"),
                                         ("edge", 1, "edge_inv_affine_x1_used"),
                                         ("edge", 2, "edge_inv_affine_x2_used")])
-def test_paste_matrices(cases, golden, case, s, key):
+def test_paste_matrices(cases, align_paste_golden, case, s, key):
     inv = paste_affines(cases[case][1].inverse_affines, s)[0].numpy()
-    assert np.abs(inv - golden[key]).max() <= 1e-4
+    assert np.abs(inv - align_paste_golden[key]).max() <= 1e-4
     if case == "main":  # before the +0.5*s offset: the plain scaled inverse
         plain = cases[case][1].inverse_affines[0].double().numpy() * s
-        assert np.abs(plain - golden[f"inv_affine_x{s}"]).max() <= 1e-4
+        assert np.abs(plain - align_paste_golden[f"inv_affine_x{s}"]).max() <= 1e-4
         assert np.abs(inv[:, 2] - plain[:, 2]).max() == pytest.approx(0.5 * s if s > 1 else 0.0, abs=1e-4)
 
 
@@ -152,11 +142,11 @@ def _reference_background(img, s):
 
 
 @pytest.mark.parametrize("s", [1, 2])
-def test_main_paste_matches_golden(golden_pastes, astronaut, s):
+def test_main_paste_matches_golden(golden_pastes, astronaut_rgb, s):
     out, mask, bg = golden_pastes[("main", s)]
     ours = _u8_trunc(out[0])
     assert ours.shape == (512 * s, 512 * s, 3)
-    ref, outside = _full_golden(f"retinaface_paste_x{s}", _reference_background(astronaut, s))
+    ref, outside = _full_golden(f"retinaface_paste_x{s}", _reference_background(astronaut_rgb, s))
     _image_rule(ours, ref)
     # Where the golden shows only background, ours is exactly the background it was given.
     assert np.array_equal(ours[outside], _u8_trunc(bg[0])[outside])
@@ -183,18 +173,18 @@ def test_lanczos_background_matches_golden(cases, golden_pastes):
     assert d.max() <= 1 and (d > 0).mean() < 0.02
 
 
-def test_parse_paste_matches_golden(cases, astronaut):
+def test_parse_paste_matches_golden(cases, astronaut_rgb):
     img, fb = cases["main"]
     labels = torch.from_numpy(np.load(os.path.join(DATA, "parsenet_paste.npz"))["labels"])
     masks = parse_labels_to_masks(labels[None])
     out, mask = paste_faces(_to_tensor(img), fb, _inverted(fb), parse_masks=masks)
     ours = _u8_trunc(out[0])
-    ref, outside = _full_golden("parsenet_paste_x1", astronaut)
+    ref, outside = _full_golden("parsenet_paste_x1", astronaut_rgb)
     _image_rule(ours, ref)
-    assert np.array_equal(ours[outside], astronaut[outside])
+    assert np.array_equal(ours[outside], astronaut_rgb[outside])
 
 
-def test_parse_labels_to_masks(golden):
+def test_parse_labels_to_masks(align_paste_golden):
     labels = torch.from_numpy(np.load(os.path.join(DATA, "parsenet_paste.npz"))["labels"])
     m = parse_labels_to_masks(labels[None].long())
     assert m.shape == (1, 1, 512, 512) and m.dtype == torch.float32
@@ -295,19 +285,19 @@ def _ours_float(img, lms, s, feather=None, S=512):
 
 
 @pytest.fixture(scope="module")
-def small_images(astronaut):
+def small_images(astronaut_rgb):
     cv2 = pytest.importorskip("cv2")
-    return {n: cv2.resize(astronaut, (n, n), interpolation=cv2.INTER_AREA) for n in (64, 96, 128, 208, 272)}
+    return {n: cv2.resize(astronaut_rgb, (n, n), interpolation=cv2.INTER_AREA) for n in (64, 96, 128, 208, 272)}
 
 
 # (frame size, upscale): w_edge 0 (3x3 erosion, identity blur), 1..4 (OpenCV's fixed 3/5/7/9
 # kernels), odd first erosion (s = 1.5 -> 3), s = 3 (erosion 6).
 @pytest.mark.parametrize("size,s,expect_w", [(64, 1, 0), (64, 2, 1), (96, 1.5, 2), (208, 1, 3),
                                              (272, 1, 4), (128, 3, 6)])
-def test_small_faces_match_opencv(small_images, golden, size, s, expect_w):
+def test_small_faces_match_opencv(small_images, align_paste_golden, size, s, expect_w):
     cv2 = pytest.importorskip("cv2")
     img = small_images[size]
-    lms = [golden["landmarks"] * size / 512]
+    lms = [align_paste_golden["landmarks"] * size / 512]
     ref = _cv2_pipeline(cv2, img, lms, s)
     ours, _ = _ours_float(img, lms, s)
     fb = _align(img, lms)
@@ -320,25 +310,25 @@ def test_small_faces_match_opencv(small_images, golden, size, s, expect_w):
 @pytest.mark.parametrize("name,shift,s", [("overlap", [(0, 0), (40, 25)], 1),
                                           ("cut_left", [(-200, 0)], 1),
                                           ("cut_bottom_right_x2", [(290, 380)], 2)])
-def test_multi_and_cut_faces_match_opencv(astronaut, golden, name, shift, s):
+def test_multi_and_cut_faces_match_opencv(astronaut_rgb, align_paste_golden, name, shift, s):
     cv2 = pytest.importorskip("cv2")
-    lms = [golden["landmarks"] + np.array(d, float) for d in shift]
-    ref = _cv2_pipeline(cv2, astronaut, lms, s)
-    ours, mask = _ours_float(astronaut, lms, s)
+    lms = [align_paste_golden["landmarks"] + np.array(d, float) for d in shift]
+    ref = _cv2_pipeline(cv2, astronaut_rgb, lms, s)
+    ours, mask = _ours_float(astronaut_rgb, lms, s)
     assert np.abs(ours - ref).max() < 0.05
     if name == "cut_left":
         assert mask[0, 0, :, 0].max() > 0.5
 
 
-def test_feather_override_matches_opencv(astronaut, golden):
+def test_feather_override_matches_opencv(astronaut_rgb, align_paste_golden):
     cv2 = pytest.importorskip("cv2")
-    lms = [golden["landmarks"]]
+    lms = [align_paste_golden["landmarks"]]
     for we in (0, 3, 20):
-        ref = _cv2_pipeline(cv2, astronaut, lms, 1, w_edge=we)
-        ours, _ = _ours_float(astronaut, lms, 1, feather=we)
+        ref = _cv2_pipeline(cv2, astronaut_rgb, lms, 1, w_edge=we)
+        ours, _ = _ours_float(astronaut_rgb, lms, 1, feather=we)
         assert np.abs(ours - ref).max() < 0.05, we
-    auto, _ = _ours_float(astronaut, lms, 1)
-    same, _ = _ours_float(astronaut, lms, 1, feather=8)   # golden main case: w_edge = 8
+    auto, _ = _ours_float(astronaut_rgb, lms, 1)
+    same, _ = _ours_float(astronaut_rgb, lms, 1, feather=8)   # golden main case: w_edge = 8
     assert np.array_equal(auto, same)
 
 
@@ -372,10 +362,10 @@ def test_input_not_modified(cases):
     assert torch.equal(frame, keep) and torch.equal(bg, keep_bg)
 
 
-def test_two_faces_in_two_frames_and_order(astronaut, golden):
+def test_two_faces_in_two_frames_and_order(astronaut_rgb, align_paste_golden):
     """Faces of several frames in one call; an overlapping later face is drawn on top."""
-    frames = torch.cat([_to_tensor(astronaut), _to_tensor(astronaut).flip(-1)])
-    lm = torch.tensor(golden["landmarks"], dtype=torch.float32)
+    frames = torch.cat([_to_tensor(astronaut_rgb), _to_tensor(astronaut_rgb).flip(-1)])
+    lm = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)
     lm2 = lm + torch.tensor([40.0, 25.0])
     fb = align_faces(frames, torch.stack([lm, lm2, lm]), torch.tensor([0, 0, 1]))
     red = torch.zeros_like(fb.crops)
@@ -391,21 +381,21 @@ def test_two_faces_in_two_frames_and_order(astronaut, golden):
     assert mask[1].sum() > 0 and mask[0].sum() > mask[1].sum()
 
 
-def test_tiny_64px_frame_runs(small_images, golden):
+def test_tiny_64px_frame_runs(small_images, align_paste_golden):
     img = small_images[64]
-    fb = _align(img, [golden["landmarks"] * 64 / 512])
+    fb = _align(img, [align_paste_golden["landmarks"] * 64 / 512])
     out, mask = paste_faces(_to_tensor(img), fb, upscale=2)
     assert out.shape == (1, 3, 128, 128) and mask.shape == (1, 1, 128, 128)
     assert torch.isfinite(out).all() and mask.max() > 0.9
 
 
-def test_4096_frame_touches_only_roi(astronaut, golden, monkeypatch):
+def test_4096_frame_touches_only_roi(astronaut_rgb, align_paste_golden, monkeypatch):
     """A face in a 4096^2 frame: the warps see only the face window (no 4096^2 grid), and the
     result is the 512 frame's result moved by the offset."""
     oy, ox = 3000, 2500
     big = torch.zeros(1, 3, 4096, 4096)
-    big[:, :, oy:oy + 512, ox:ox + 512] = _to_tensor(astronaut)
-    lm = torch.tensor(golden["landmarks"], dtype=torch.float32)[None]
+    big[:, :, oy:oy + 512, ox:ox + 512] = _to_tensor(astronaut_rgb)
+    lm = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)[None]
     sizes = []
     real = F.grid_sample
 
@@ -418,8 +408,8 @@ def test_4096_frame_touches_only_roi(astronaut, golden, monkeypatch):
     out, mask = paste_faces(big, fb, 1 - fb.crops)
     monkeypatch.undo()
     assert sizes and max(max(s) for s in sizes) <= 512
-    small_fb = _align(astronaut, golden["landmarks"])
-    small_out, small_mask = paste_faces(_to_tensor(astronaut), small_fb, 1 - small_fb.crops)
+    small_fb = _align(astronaut_rgb, align_paste_golden["landmarks"])
+    small_out, small_mask = paste_faces(_to_tensor(astronaut_rgb), small_fb, 1 - small_fb.crops)
     # float32 landmarks near 3000 px carry 2e-4 px of rounding: compare to about 0.1 level
     assert (fb.crops - small_fb.crops).abs().max() < 1e-3
     win = out[:, :, oy:oy + 512, ox:ox + 512]
@@ -431,11 +421,11 @@ def test_4096_frame_touches_only_roi(astronaut, golden, monkeypatch):
     del big, out, mask
 
 
-def test_gray_frame_stays_gray(astronaut, golden):
-    frame = _to_tensor(astronaut)
+def test_gray_frame_stays_gray(astronaut_rgb, align_paste_golden):
+    frame = _to_tensor(astronaut_rgb)
     gray = (frame * torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
     gray = gray.expand(-1, 3, -1, -1).contiguous()
-    fb = align_faces(gray, torch.tensor(golden["landmarks"], dtype=torch.float32)[None], torch.tensor([0]))
+    fb = align_faces(gray, torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32)[None], torch.tensor([0]))
     assert fb.gray.tolist() == [True]
     colourful = fb.crops * torch.tensor([1.0, 0.6, 0.3]).view(1, 3, 1, 1)   # a "colourising" model
     out, mask = paste_faces(gray, fb, colourful, upscale=2)
@@ -444,9 +434,9 @@ def test_gray_frame_stays_gray(astronaut, golden):
     assert not torch.equal(out_c[:, 0], out_c[:, 2])
 
 
-def test_batch_of_8_equals_single_calls(astronaut, golden):
-    base = _to_tensor(astronaut[:320, 96:416])          # 320 x 320 around the face
-    lm0 = torch.tensor(golden["landmarks"], dtype=torch.float32) - torch.tensor([96.0, 0.0])
+def test_batch_of_8_equals_single_calls(astronaut_rgb, align_paste_golden):
+    base = _to_tensor(astronaut_rgb[:320, 96:416])          # 320 x 320 around the face
+    lm0 = torch.tensor(align_paste_golden["landmarks"], dtype=torch.float32) - torch.tensor([96.0, 0.0])
     frames, lms, fidx = [], [], []
     for i in range(8):
         dy, dx = 7 * i - 20, 11 * i - 30

@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from codeformer_core.faces.align import align_faces
 from codeformer_core.faces.detect import DetectOptions, load_detector
@@ -21,15 +20,9 @@ FACE = Path(__file__).parent / "data" / "face_golden"
 
 
 @pytest.fixture(scope="module")
-def astronaut():
-    rgb = np.asarray(Image.open(FACE / "astronaut_rgb.png"))
-    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).float()[None] / 255
-
-
-@pytest.fixture(scope="module")
-def faces(astronaut):
+def faces(astronaut_frame):
     lm = torch.from_numpy(np.load(FACE / "retinaface_align_paste.npz")["landmarks"]).float()
-    return align_faces(astronaut, lm[None], torch.tensor([0]))
+    return align_faces(astronaut_frame, lm[None], torch.tensor([0]))
 
 
 @pytest.fixture(scope="module")
@@ -119,8 +112,8 @@ def test_default_network_batch_is_one_face_on_cpu(faces):
     assert net.calls == [2, 1]
 
 
-def test_no_face_frames_pass_through(astronaut, detector):
-    images = torch.cat([astronaut, astronaut.flip(-1)]).permute(0, 2, 3, 1)
+def test_no_face_frames_pass_through(astronaut_frame, detector):
+    images = torch.cat([astronaut_frame, astronaut_frame.flip(-1)]).permute(0, 2, 3, 1)
     result = restore_images(images, IdentityNet(), detector, detect=DetectOptions(conf_threshold=0.9999))
     assert result.face_counts == [0, 0]
     assert torch.equal(result.images, images)
@@ -132,9 +125,9 @@ def test_empty_batch(detector):
     assert result.images.shape == (0, 64, 64, 3) and result.face_counts == []
 
 
-def test_chunked_equals_single_calls_and_upscale(astronaut, detector):
+def test_chunked_equals_single_calls_and_upscale(astronaut_frame, detector):
     """8 frames through chunks of 3 equal 8 single calls; upscale 2 doubles the size."""
-    frames = torch.cat([astronaut * (0.6 + 0.05 * i) for i in range(8)]).permute(0, 2, 3, 1)
+    frames = torch.cat([astronaut_frame * (0.6 + 0.05 * i) for i in range(8)]).permute(0, 2, 3, 1)
     kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"), paste=PasteSettings(PasteOptions(upscale=2.0)))
     batched = restore_images(frames, IdentityNet(), detector, run=RunOptions(frames_per_chunk=3), **kw)
     singles = [restore_images(frames[i:i + 1], IdentityNet(), detector, **kw) for i in range(8)]
