@@ -171,7 +171,8 @@ def smooth_tracks(values: Tensor, frame_index: Tensor, track: Tensor, sigma: flo
         present = torch.zeros(length + 2 * radius, dtype=torch.float64)
         y[pos], present[pos] = v[rows], 1.0
         s0, s1, s2 = (torch.zeros(length, dtype=torch.float64) for _ in range(3))
-        sy, sdy = torch.zeros(length, v.shape[1], dtype=torch.float64), torch.zeros(length, v.shape[1], dtype=torch.float64)
+        sy = torch.zeros(length, v.shape[1], dtype=torch.float64)
+        sdy = torch.zeros(length, v.shape[1], dtype=torch.float64)
         for d, w in zip(offsets.tolist(), weights.tolist()):
             lo = radius + int(d)
             wp = w * present[lo:lo + length]
@@ -266,7 +267,8 @@ class SceneCuts:
     new shot when the mean absolute difference to the previous thumbnail (0..1 gray levels) is
     above ``threshold`` and above ``ratio`` times the median of the recent differences (the last
     ``history``; with fewer than two, ``ratio`` times ``threshold``): a pan or a fast motion
-    raises every difference alike, a cut only one. Call with frames [B,3,H,W] RGB 0..1 (the detector's input); returns [B] bool.
+    raises every difference alike, a cut only one. Call with frames [B,3,H,W] RGB 0..1 (the detector's
+    input); returns [B] bool.
     """
 
     def __init__(self, threshold: float = 0.06, ratio: float = 4.0, history: int = 8, size: int = 32):
