@@ -214,8 +214,8 @@ def video_line(fps: Optional[float], job: VideoJob, writer, tally: VideoTally, d
     faces = tally.faces
     filled = ""
     if job.found is not None and job.found.interpolated is not None:
-        filled = f" ({int(job.found.interpolated.sum())} missed for a frame or few, filled in)"
+        filled = f", {int(job.found.interpolated.sum())} missed faces filled in"
     temporal = f", temporal codes over {job.temporal:g} frames" if job.codes is not None else ""
-    return (f"{job.src.name} -> {dest}: {tally.frames} frames ({timing}), {faces} faces{filled}, {tally.no_face} "
-            f"frames with no face{temporal}, {audio}, {seconds:.1f} s, "
+    return (f"{job.src.name} -> {dest}: {tally.frames} frames ({timing}), {faces} faces, {tally.no_face} "
+            f"frames with no face{filled}{temporal}, {audio}, {seconds:.1f} s, "
             f"{faces / seconds if seconds > 0 else 0:.2f} faces/s")
