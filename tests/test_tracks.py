@@ -129,3 +129,10 @@ def test_detections_found_beforehand_give_the_same_restore():
     assert torch.allclose(replay.images, direct.images, atol=1e-6)
     smoothed = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 2.0, max_fill=0, **kw)
     assert torch.equal(smoothed.landmarks, smooth_detections(found, 2.0).landmarks)
+
+
+def test_a_clip_without_faces_is_tracked_as_empty():
+    from codeformer_core.faces.tracks import track_detections
+    out = track_detections(Detections.empty(5, (48, 64)), sigma=2.0, cuts=torch.zeros(5, dtype=torch.bool))
+    assert len(out) == 0 and out.num_frames == 5
+    assert out.track.shape == (0,) and out.interpolated.shape == (0,)

@@ -248,6 +248,9 @@ def track_detections(dets: Detections, sigma: float = 0.0, cuts: Optional[Tensor
     when ``sigma`` > 0, landmarks and boxes smoothed along the tracks (``smooth_detections``).
     ``track_kwargs`` go to ``track_faces`` (its ``max_gap`` defaults to ``max_fill`` here)."""
     track_kwargs.setdefault("max_gap", max(max_fill, 0))
+    if len(dets) == 0:      # no face in the clip: nothing to track
+        return replace(dets, track=torch.zeros(0, dtype=torch.int64, device=dets.device),
+                       interpolated=torch.zeros(0, dtype=torch.bool, device=dets.device))
     track = track_faces(dets, cuts=cuts, **track_kwargs)
     out, track = fill_gaps(dets, track, max_fill) if max_fill > 0 else \
         (replace(dets, track=track.to(dets.device), interpolated=torch.zeros(len(dets), dtype=torch.bool,
