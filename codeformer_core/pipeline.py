@@ -298,6 +298,7 @@ class CodeChooser:
             return
         order = torch.sort(frame_index.cpu(), stable=True).indices
         frames, tracks = frame_index.cpu()[order], track.cpu()[order]
+        held, held_logits = 0, None     # faces [held, start) encoded, their frame not complete yet
         for start in range(0, n, self.batch_size):
             if self.check_interrupt is not None:
                 self.check_interrupt()
@@ -307,9 +308,13 @@ class CodeChooser:
                 x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
                                   antialias=True)
             logits = self.model.encode_faces(x * 2 - 1, w=0.0).logits
-            # a frame split between two batches is complete only with the next batch
+            rows = torch.arange(held, stop)
+            logits = logits if held == start else torch.cat([held_logits, logits])
+            # a frame split between two batches is complete only with the next batch: its faces wait
+            done = int((frames[held:stop] < frames[stop]).sum()) if stop < n else stop - held
             upto = int(frames[stop]) - 1 if stop < n else int(frames[-1])
-            self._keep(self.fuser.push(logits, frames[start:stop], tracks[start:stop], upto=upto))
+            self._keep(self.fuser.push(logits[:done], frames[rows[:done]], tracks[rows[:done]], upto=upto))
+            held, held_logits = held + done, logits[done:]
 
     def finish(self, num_frames: int) -> TrackCodes:
         self._keep(self.fuser.finish())

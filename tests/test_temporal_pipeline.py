@@ -8,6 +8,8 @@ through module-scoped fixtures.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -47,11 +49,28 @@ def test_temporal_zero_is_todays_output_bit_for_bit(synthetic_model, astronaut_i
 
 
 def test_temporal_needs_tracks(synthetic_model, astronaut_image, found_one):
-    from dataclasses import replace
     untracked = replace(found_one, track=None)
     with pytest.raises(SettingsError, match="track"):
         pipeline.restore_images(astronaut_image, synthetic_model("restoration"), None, detections=untracked,
                                 temporal=2.0)
+
+
+def test_clip_codes_are_the_codes_of_the_models_logits_whatever_the_batches(synthetic_model, astronaut_image,
+                                                                            found_one):
+    """The logits pass (clip_codes) in chunks of one frame and network batches of one face, which
+    splits each frame's two faces (tracks 0 and 1) between batches, gives the codes computed here
+    from the model's logits for the whole clip at once (faces.temporal.temporal_codes)."""
+    model = synthetic_model("restoration")
+    clip = noisy_clip(astronaut_image, 2, noise=0.02, seed=1)
+    row = found_one.select(torch.tensor([0, 0, 0, 0]))
+    dets = replace(row, frame_index=torch.tensor([0, 0, 1, 1]), num_frames=2, track=torch.tensor([0, 1, 0, 1]),
+                   interpolated=torch.zeros(4, dtype=torch.bool))
+    got = pipeline.clip_codes([clip[:1], clip[1:]], model, dets, 2.0, batch_size=1)
+    crops = pipeline.detect_faces(pipeline.to_frames(clip), None, detections=dets).crops
+    logits = torch.cat([model.encode_faces(crops[i:i + 1] * 2 - 1, w=0.0).logits for i in (0, 2)])
+    want = temporal_codes(logits[[0, 0, 1, 1]], dets.frame_index, dets.track, 2.0)
+    assert torch.equal(got.lookup(dets.frame_index, dets.track), want)
+    assert torch.equal(got.take_frames([1]).lookup(torch.tensor([0, 0]), torch.tensor([0, 1])), want[2:])
 
 
 # -- the nodes -----------------------------------------------------------------------------------
@@ -96,7 +115,6 @@ def test_restore_node_decodes_the_codes_chosen_along_the_track(node_run):
 
 
 def test_restore_node_refuses_temporal_without_tracks(comfyui, node_run):
-    from dataclasses import replace
     model, faces, _ = node_run
     with pytest.raises(Exception, match="smoothing") as err:   # the pack's own copy of the core's error class
         run_node(comfyui.N["CodeFormerRestoreFaces"], model=model, faces=replace(faces, track=None), w=0.5,
