@@ -169,10 +169,10 @@ DEFAULT_VIDEO_TEMPORAL = 2.0   # docs/temporal.md: 217x fewer code changes, 34x 
 
 def video_temporal(args: argparse.Namespace, task: str) -> float:
     """--temporal as given, or its default: 2 frames where temporal codes apply (restore with CodeFormer,
-    two-pass smoothing, whole frames), else 0."""
+    two-pass smoothing --smooth > 0, whole frames), else 0 (--smooth 0 keeps a video to one pass)."""
     if getattr(args, "temporal", None) is not None:
         return float(args.temporal)
-    applies = task == "restore" and args.smooth_online == 0 and not args.has_aligned \
+    applies = task == "restore" and args.smooth > 0 and args.smooth_online == 0 and not args.has_aligned \
         and not getattr(args, "face_model", None)
     return DEFAULT_VIDEO_TEMPORAL if applies else 0.0
 
