@@ -32,7 +32,8 @@ from .faces.detect import DetectOptions, Detections, FaceDetector
 from .faces.masks import check_frame_masks, parse_labels_to_masks
 from .faces.paste import PasteOptions, paste_bands
 from .faces.reframe import ReframedParseNet
-from .faces.tracks import LandmarkSmoother, smooth_detections
+from .faces.temporal import TemporalCodes
+from .faces.tracks import DEFAULT_MAX_FILL, LandmarkSmoother, SceneCuts, track_detections
 from .pixels import PIXEL_SCALES, to_luminance
 from .tasks import BY_VARIANT, TASKS
 
@@ -150,31 +151,39 @@ def detect_faces(frames: Tensor, detector: Optional[FaceDetector], crop_size: in
     dets = detector.detect(frames, **detect_kwargs) if detections is None else detections.to(frames.device)
     if smoother is not None:
         dets = smoother(dets)
-    return align_faces(frames, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores,
-                       size=crop_size, template=template)
+    faces = align_faces(frames, dets.landmarks, dets.frame_index, boxes=dets.boxes, scores=dets.scores,
+                        size=crop_size, template=template)
+    return faces if dets.track is None else replace(faces, track=dets.track.to(faces.device))
 
 
 def detect_clip(chunks: Iterable, detector: FaceDetector, smoothing_frames: float = 0.0,
                 check_interrupt: Interrupt = None, progress: Progress = None, total: int = 0,
-                **detect_kwargs) -> Detections:
-    """Pass one of zero-lag smoothing: every face of a clip, then smoothed along its track.
+                max_fill: int = DEFAULT_MAX_FILL, **detect_kwargs) -> Detections:
+    """Pass one of a video: every face of a clip, tracked, dropouts filled, smoothed along its track.
 
     ``chunks``: the clip's frames as consecutive batches (slices of an IMAGE batch, a decoder's
     chunks; anything ``to_frames`` takes). Only the detections are kept (on the CPU, a few numbers
-    per face), so memory stays flat however long the clip. ``smoothing_frames``: the Gaussian's
-    sigma in frames (0 = no smoothing; see ``faces.tracks``). Give the result to
-    ``restore_images`` / ``detect_faces`` as ``detections`` for the second pass.
+    per face), so memory stays flat however long the clip. Scene cuts are found on the way
+    (``faces.tracks.SceneCuts``); ``faces.tracks.track_detections`` then gives every face its
+    track id (``track``: no track crosses a cut), a row to a face missed for at most ``max_fill``
+    frames inside its track (``interpolated``; ``int(d.interpolated.sum())`` is the count to
+    report) and, when ``smoothing_frames`` (the Gaussian's sigma in frames) is > 0, landmarks
+    smoothed along the track with zero lag. Give the result to ``restore_images`` /
+    ``detect_faces`` as ``detections`` for the second pass (and to ``clip_codes`` for temporal codes).
     """
-    parts, done = [], 0
+    parts, cut_flags, done = [], [], 0
+    cuts = SceneCuts()
     for chunk in chunks:
         if check_interrupt is not None:
             check_interrupt()
         frames = to_frames(chunk, device=detector.device)
         parts.append(detector.detect(frames, **detect_kwargs).to("cpu"))
+        cut_flags.append(cuts(frames))
         done += frames.shape[0]
         if progress is not None:
             progress(done, max(done, total))
-    return smooth_detections(Detections.join(parts), smoothing_frames)
+    return track_detections(Detections.join(parts), sigma=smoothing_frames,
+                            cuts=torch.cat(cut_flags) if cut_flags else None, max_fill=max_fill)
 
 
 def aligned_faces(frames: Tensor, size: int = MODEL_SIZE, template: Optional[Tensor] = None) -> FaceBatch:
@@ -225,10 +234,12 @@ def default_network_batch(device) -> int:
 
 def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adain: Optional[bool] = None,
                 batch_size: Optional[int] = None, progress: Progress = None, check_interrupt: Interrupt = None,
-                done_offset: int = 0, total: Optional[int] = None) -> Tensor:
+                done_offset: int = 0, total: Optional[int] = None, codes: Optional[Tensor] = None) -> Tensor:
     """Crops [N,3,s,s] 0..1 -> model output [N,3,S,S] clamped and mapped back to 0..1, S the
     model's crop size (``model_crop_size``; crops of another size are resized to it), in batches of
-    ``batch_size`` (None: ``default_network_batch``; at most ``model_fixed_batch``).
+    ``batch_size`` (None: ``default_network_batch``; at most ``model_fixed_batch``). ``codes``
+    [N,256]: decode these codebook entries instead of each face's own argmax (temporal codes,
+    ``clip_codes``; CodeFormer only).
 
     Halves the batch on out-of-memory. Stays on the model's device; returns on the crops' device.
     """
@@ -246,8 +257,13 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
         x = crops[start:stop].to(device, torch.float32, non_blocking=True)
         if tuple(x.shape[-2:]) != (size, size):
             x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        w_b = w_all[start:stop] if w_all is not None else w
         with torch.inference_mode():
-            y = model(x * 2 - 1, w=w_all[start:stop] if w_all is not None else w, adain=adain)
+            if codes is None:
+                y = model(x * 2 - 1, w=w_b, adain=adain)
+            else:       # the encoder again (its fusion taps), then the codes chosen along the tracks
+                y = model.decode_faces(model.encode_faces(x * 2 - 1, w_b, adain),
+                                       codes[start:stop].to(device, torch.int64))
         out[start:stop] = ((y.clamp(-1, 1) + 1) / 2).to(out.device)
         if progress is not None:
             progress(done_offset + stop, total)
@@ -256,12 +272,138 @@ def run_network(model, crops: Tensor, w: Union[float, Tensor, None] = None, adai
     return out
 
 
-def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor, None] = None, **run_kwargs) -> FaceBatch:
+def restore_faces(model, faces: FaceBatch, w: Union[float, Tensor, None] = None, temporal: float = 0.0,
+                  codes: Optional[Tensor] = None, **run_kwargs) -> FaceBatch:
     """CodeFormer restoration of every crop; ``w`` 0 = strongest restoration, 1 = most faithful
-    (None: the task's default, ``tasks.TASKS["restore"].default_w``)."""
+    (None: the task's default, ``tasks.TASKS["restore"].default_w``).
+
+    ``temporal`` (sigma in frames, 0 = off, the output bit for bit as without it): codebook
+    choices combined along each face track (``faces.temporal``) so a video does not flicker; the
+    faces must carry track ids (``faces.track``: detected with smoothing, ``detect_clip``). The
+    encoder then runs twice per face (once for the code logits of every face, once before
+    decoding). ``codes`` [N,256]: codes chosen beforehand (``TrackCodes.lookup``) instead."""
     check_variant(model, "restore")
     w = TASKS["restore"].default_w if w is None else w
-    return faces.with_crops(run_network(model, faces.crops, w=w, **run_kwargs), variant="restoration", w=w)
+    if codes is None and temporal > 0 and len(faces):
+        if faces.track is None:
+            raise SettingsError("temporal codes need face tracks: detect the faces of the video with smoothing "
+                                "above 0 (it tracks each face), or set temporal to 0")
+        chooser = CodeChooser(model, temporal, batch_size=run_kwargs.get("batch_size"),
+                              check_interrupt=run_kwargs.get("check_interrupt"))
+        chooser.add(faces.crops, faces.frame_index, faces.track)
+        codes = chooser.finish(faces.num_frames).lookup(faces.frame_index, faces.track)
+    out = run_network(model, faces.crops, w=w, codes=codes, **run_kwargs)
+    return faces.with_crops(out, variant="restoration", w=w)
+
+
+# -- temporal codes ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrackCodes:
+    """The codebook choice of every face of a clip, keyed by (frame, track): ``frame_index`` [M],
+    ``track`` [M] int64 and ``codes`` [M,256] int16 (512 bytes a face), on the CPU."""
+    frame_index: Tensor
+    track: Tensor
+    codes: Tensor
+    num_frames: int
+
+    def take_frames(self, frames: Iterable[int]) -> "TrackCodes":
+        """The codes of the given frames, renumbered in that order (as ``Detections.take_frames``)."""
+        picked = torch.as_tensor(list(frames), dtype=torch.int64)
+        position = torch.full((self.num_frames,), -1, dtype=torch.int64)
+        position[picked] = torch.arange(picked.numel())
+        new_index = position[self.frame_index]
+        keep = new_index >= 0
+        return TrackCodes(new_index[keep], self.track[keep], self.codes[keep], int(picked.numel()))
+
+    def lookup(self, frame_index: Tensor, track: Tensor) -> Tensor:
+        """[N,256] int64 codes of the faces (frame, track); every face must have its codes."""
+        frame_index, track = frame_index.cpu().long(), track.cpu().long()
+        if len(frame_index) == 0:
+            return torch.zeros(0, self.codes.shape[-1] if self.codes.dim() == 2 else 256, dtype=torch.int64)
+        span = int(max(int(self.track.max()) if len(self.track) else 0, int(track.max()))) + 1
+        keys = self.frame_index * span + self.track
+        order = torch.argsort(keys)
+        want = frame_index * span + track
+        pos = torch.searchsorted(keys[order], want).clamp(max=max(len(keys) - 1, 0))
+        if len(keys) == 0 or not bool((keys[order][pos] == want).all()):
+            raise SettingsError("temporal codes were chosen for other faces than these; choose them with the "
+                                "same detections (clip_codes)")
+        return self.codes[order[pos]].long()
+
+
+class CodeChooser:
+    """Temporal codes for the faces of one clip, fed in frame order: each ``add`` encodes the crops
+    (encoder and Transformer only, w = 0: no fusion taps kept) in network batches and pushes their
+    logits into a ``faces.temporal.TemporalCodes``; only the decided codes are kept (int16), so
+    memory is the temporal window (about 20 MiB per face track at sigma 2) plus 512 bytes a face."""
+
+    def __init__(self, model, sigma: float, batch_size: Optional[int] = None, check_interrupt: Interrupt = None):
+        if not hasattr(model, "encode_faces"):
+            raise SettingsError("temporal codes need the CodeFormer model itself (PyTorch); this model does not "
+                                "expose its code choice: set temporal to 0")
+        self.model, self.fuser = model, TemporalCodes(sigma)
+        self.device = next(model.parameters()).device
+        self.batch_size = default_network_batch(self.device) if batch_size is None else int(batch_size)
+        self.check_interrupt = check_interrupt
+        self._parts: List[tuple] = []
+
+    def add(self, crops: Tensor, frame_index: Tensor, track: Tensor) -> None:
+        """Faces [N] of frames after those already added (clip frame numbers), every face of each frame."""
+        n = int(crops.shape[0])
+        if n == 0:
+            return
+        order = torch.sort(frame_index.cpu(), stable=True).indices
+        frames, tracks = frame_index.cpu()[order], track.cpu()[order]
+        held, held_logits = 0, None     # faces [held, start) encoded, their frame not complete yet
+        for start in range(0, n, self.batch_size):
+            if self.check_interrupt is not None:
+                self.check_interrupt()
+            stop = min(n, start + self.batch_size)
+            x = crops[order[start:stop].to(crops.device)].to(self.device, torch.float32)
+            if tuple(x.shape[-2:]) != (MODEL_SIZE, MODEL_SIZE):
+                x = F.interpolate(x, size=(MODEL_SIZE, MODEL_SIZE), mode="bilinear", align_corners=False,
+                                  antialias=True)
+            logits = self.model.encode_faces(x * 2 - 1, w=0.0).logits
+            rows = torch.arange(held, stop)
+            logits = logits if held == start else torch.cat([held_logits, logits])
+            # a frame split between two batches is complete only with the next batch: its faces wait
+            done = int((frames[held:stop] < frames[stop]).sum()) if stop < n else stop - held
+            upto = int(frames[stop]) - 1 if stop < n else int(frames[-1])
+            self._keep(self.fuser.push(logits[:done], frames[rows[:done]], tracks[rows[:done]], upto=upto))
+            held, held_logits = held + done, logits[done:]
+
+    def finish(self, num_frames: int) -> TrackCodes:
+        self._keep(self.fuser.finish())
+        if not self._parts:
+            z = torch.zeros(0, dtype=torch.int64)
+            return TrackCodes(z, z, torch.zeros(0, 256, dtype=torch.int16), num_frames)
+        return TrackCodes(*(torch.cat([p[i] for p in self._parts]) for i in range(3)), num_frames)
+
+    def _keep(self, decided) -> None:
+        frames, tracks, codes = decided
+        if len(frames):
+            self._parts.append((frames.cpu(), tracks.cpu(), codes.cpu().to(torch.int16)))
+
+
+def clip_codes(chunks: Iterable, model, detections: Detections, temporal: float,
+               check_interrupt: Interrupt = None, batch_size: Optional[int] = None) -> TrackCodes:
+    """The logits pass of temporal codes: every face of a clip (``detections`` from ``detect_clip``,
+    with track ids) aligned again from ``chunks`` (the clip's frames as consecutive batches, as
+    ``detect_clip`` takes them), encoded, and its codes chosen along its track (sigma ``temporal``
+    frames). Returns ``TrackCodes`` for ``restore_images(codes=...)``; memory stays bounded."""
+    if detections.track is None:
+        raise SettingsError("temporal codes need face tracks: detections from detect_clip")
+    device = next(model.parameters()).device
+    chooser = CodeChooser(model, temporal, batch_size=batch_size, check_interrupt=check_interrupt)
+    start = 0
+    for chunk in chunks:
+        frames = to_frames(chunk, device=device)
+        stop = start + frames.shape[0]
+        faces = detect_faces(frames, None, detections=detections.take_frames(range(start, stop)))
+        chooser.add(faces.crops, faces.frame_index + start, faces.track)
+        del frames, faces
+        start = stop
+    return chooser.finish(detections.num_frames)
 
 
 def gray_model_input(crops: Tensor) -> Tensor:
@@ -378,7 +520,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
                    task: Optional[str] = None, inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
                    detections: Optional[Detections] = None, smoother: Optional[LandmarkSmoother] = None,
                    detect: DetectOptions = DetectOptions(), paste: PasteSettings = PasteSettings(),
-                   run: RunOptions = RunOptions(), sink: Optional[Sink] = None) -> RestoreResult:
+                   run: RunOptions = RunOptions(), sink: Optional[Sink] = None, temporal: float = 0.0,
+                   codes: Optional[TrackCodes] = None) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
 
     ``images``: ComfyUI IMAGE [B,H,W,C] or any array ``to_frames`` accepts. Frames with no
@@ -394,6 +537,13 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
     the whole float output; ``images`` and ``mask`` of the result are then None. A band may come
     again when its chunk is retried after running out of memory.
     Out of memory on a single frame raises ``NotEnoughMemoryError`` naming the frame and its size.
+    ``temporal`` (restoration; sigma in frames, 0 = off and the output bit for bit as without it):
+    codebook choices combined along each face track so a video does not flicker
+    (``faces.temporal``); needs ``detections`` with track ids (``detect_clip``). The faces of the
+    whole batch are encoded first (logits pass, ``clip_codes``: only the chosen codes are kept),
+    then each chunk is encoded again and decoded with them: the encoder runs twice.
+    ``codes``: codes chosen beforehand for these frames (``clip_codes(...).take_frames(...)``, a
+    video restored chunk by chunk); ``temporal`` is then not looked at.
     """
     task = task or model_task(model)
     check_variant(model, task)
@@ -408,6 +558,14 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
         paste = replace(paste, parser=parser_for_model(paste.parser, model))
     work_device = run.device or next(model.parameters()).device
     budget = run.budget
+    per_chunk = run.frames_per_chunk or auto_frames_per_chunk(height, width, work_device, paste.upscale,
+                                                              budget=budget, output_whole=False)
+    if codes is None and temporal > 0 and task == "restore" and not has_aligned:
+        if detections is None or detections.track is None:
+            raise SettingsError("temporal codes need face tracks: give detections from detect_clip "
+                                "(detection with smoothing), or set temporal to 0")
+        codes = clip_codes((batch[s:s + per_chunk] for s in range(0, b, per_chunk)), model, detections, temporal,
+                           check_interrupt=run.check_interrupt, batch_size=run.batch_size)
     collected = _Collector(b, int(height * paste.upscale), int(width * paste.upscale)) if sink is None else None
     job = _ChunkJob(
         batch=batch, model=model, task=task, w=TASKS["restore"].default_w if w is None else float(w),
@@ -415,9 +573,8 @@ def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Op
         inpaint_masks=inpaint_masks, paste=paste, device=work_device, budget=budget,
         batch_size=min(int(default_network_batch(next(model.parameters()).device) if run.batch_size is None
                            else run.batch_size), faces_per_batch(model, budget)),
-        progress=run.progress, check_interrupt=run.check_interrupt, sink=sink or collected)
-    per_chunk = run.frames_per_chunk or auto_frames_per_chunk(height, width, work_device, paste.upscale,
-                                                              budget=budget, output_whole=False)
+        progress=run.progress, check_interrupt=run.check_interrupt, sink=sink or collected,
+        codes=codes if task == "restore" else None)
     parts = run_in_chunks(b, per_chunk, job.chunk, device=work_device, describe=job.describe)
     if collected is None:
         return RestoreResult(None, None, [c for p in parts for c in p])
@@ -457,6 +614,7 @@ class _ChunkJob:
     progress: Progress
     check_interrupt: Interrupt
     sink: Sink
+    codes: Optional[TrackCodes] = None
     faces_done: int = 0
 
     def chunk(self, start: int, stop: int) -> List[int]:
@@ -484,7 +642,9 @@ class _ChunkJob:
         run = dict(batch_size=self.batch_size, check_interrupt=self.check_interrupt, done_offset=self.faces_done,
                    progress=progress)
         if self.task == "restore":
-            return restore_faces(self.model, faces, w=self.w, **run)
+            codes = None if self.codes is None or len(faces) == 0 else \
+                self.codes.take_frames(range(start, stop)).lookup(faces.frame_index, faces.track)
+            return restore_faces(self.model, faces, w=self.w, codes=codes, **run)
         if self.task == "colorize":
             return colorize_faces(self.model, faces, **run)
         masks = None if self.inpaint_masks is None else _chunk_masks(self.inpaint_masks, start, stop)

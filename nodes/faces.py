@@ -50,7 +50,10 @@ class CodeFormerDetectFaces(io.ComfyNode):
                                tooltip="Video frames: steadier faces, less flicker. Each face's landmarks are "
                                        "smoothed along its track over time with a centred Gaussian of this many "
                                        "frames (sigma), so the face does not lag behind when it moves (the "
-                                       "whole batch is searched first). 0 = off; 2 is a good start."),
+                                       "whole batch is searched first). Above 0 the faces are also tracked: a "
+                                       "face missed for up to 3 frames is filled in, no track crosses a scene "
+                                       "cut, and Restore Faces' temporal can use the tracks. 0 = off; 2 is a good "
+                                       "start."),
                 *face_size_inputs(),
                 CodeFormerModel.Input("model", optional=True,
                                       tooltip="Optional: the face model the faces are for (from 'Load CodeFormer "

@@ -19,6 +19,10 @@ from .common import (CATEGORY, ONNX_W_TIP, W_TOOLTIP, CodeFormerModel, Faces, cr
 
 FACES_INPUT_TIP = "Faces from 'Detect Faces (CodeFormer)' (or another face node)."
 FACES_OUTPUT_TIP = "The faces with the new crops, for 'Paste Faces Back (CodeFormer)'."
+TEMPORAL_TIP = ("Video frames: less flicker. Each face's codebook choices are combined along its track over a "
+                "Gaussian of this many frames (sigma), so a face that barely moves keeps its details from frame "
+                "to frame. Needs faces tracked by 'Detect Faces (CodeFormer)' with smoothing above 0. Costs the "
+                "encoder a second time per face. 0 = off (each frame on its own); 2 is a good start.")
 CROPS_OUTPUT_TIP = "The new crops as an image batch (one image per face), e.g. for a preview."
 
 
@@ -96,11 +100,14 @@ class CodeFormerRestoreFaces(FaceStepNode):
 
     @classmethod
     def extra_inputs(cls) -> list:
-        return [w_input(tooltip=W_TOOLTIP + ONNX_W_TIP)]
+        return [w_input(tooltip=W_TOOLTIP + ONNX_W_TIP),
+                io.Float.Input("temporal", default=0.0, min=0.0, max=10.0, step=0.5, optional=True,
+                               tooltip=TEMPORAL_TIP)]
 
     @classmethod
-    def execute(cls, model, faces, w=0.5) -> io.NodeOutput:
-        return cls.run_on_faces(model, faces, lambda **kw: pipeline.restore_faces(model, faces, w=float(w), **kw))
+    def execute(cls, model, faces, w=0.5, temporal=0.0) -> io.NodeOutput:
+        return cls.run_on_faces(model, faces, lambda **kw: pipeline.restore_faces(model, faces, w=float(w),
+                                                                                   temporal=float(temporal), **kw))
 
 
 class CodeFormerColorizeFaces(FaceStepNode):

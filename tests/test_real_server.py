@@ -392,9 +392,10 @@ def test_committed_graphs_are_what_the_generator_builds(server_run):
 
 def test_shipped_graphs_use_node_defaults(server_run):
     """The pack's widgets in workflows/ carry the node defaults, except file choices and the video
-    graph's temporal smoothing (a video setting: 0 = off by default)."""
+    graph's temporal smoothing and temporal codes (video settings: 0 = off by default)."""
     ce = _comfy_e2e()
-    deliberate = {("restore_video_frames", "CodeFormerDetectFaces", "smoothing")}
+    deliberate = {("restore_video_frames", "CodeFormerDetectFaces", "smoothing"),
+                  ("restore_video_frames", "CodeFormerRestoreFaces", "temporal")}
     for name in WORKFLOW_NAMES:
         ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
         for node in ui["nodes"]:

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 from PIL import Image
 
@@ -120,10 +119,19 @@ def test_detections_found_beforehand_give_the_same_restore():
     options = DetectOptions(conf_threshold=0.6, selection="largest")
     kw = options.kwargs()
     direct = restore_images(frames, IdentityNet(), detector, detect=options, run=RunOptions(frames_per_chunk=2))
-    found = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 0.0, **kw)
+    found = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 0.0, max_fill=0, **kw)
     assert found.num_frames == 3 and len(found) == direct.total_faces > 0
+    filled = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 0.0, **kw)   # dropouts filled (max_fill 3)
+    assert len(filled) == len(found) + int(filled.interpolated.sum())
     replay = restore_images(frames, IdentityNet(), None, detections=found, run=RunOptions(frames_per_chunk=1))
     assert replay.face_counts == direct.face_counts
     assert torch.allclose(replay.images, direct.images, atol=1e-6)
-    smoothed = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 2.0, **kw)
+    smoothed = detect_clip((frames[i:i + 2] for i in (0, 2)), detector, 2.0, max_fill=0, **kw)
     assert torch.equal(smoothed.landmarks, smooth_detections(found, 2.0).landmarks)
+
+
+def test_a_clip_without_faces_is_tracked_as_empty():
+    from codeformer_core.faces.tracks import track_detections
+    out = track_detections(Detections.empty(5, (48, 64)), sigma=2.0, cuts=torch.zeros(5, dtype=torch.bool))
+    assert len(out) == 0 and out.num_frames == 5
+    assert out.track.shape == (0,) and out.interpolated.shape == (0,)

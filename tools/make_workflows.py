@@ -160,13 +160,14 @@ def loaders(g, model="codeformer.pth", y=0):
     return m, d
 
 
-def detect_restore_paste(g, image, restore_type, model_name, loader_y=0, x=400, paste=None, **detect):
-    """Image or frames -> Detect -> restore_type -> Paste Faces Back (widgets ``paste``); returns
-    (detect, restore, paste)."""
+def detect_restore_paste(g, image, restore_type, model_name, loader_y=0, x=400, paste=None, restore=None,
+                         **detect):
+    """Image or frames -> Detect -> restore_type -> Paste Faces Back (widgets ``restore``, ``paste``);
+    returns (detect, restore, paste)."""
     m, d = loaders(g, model_name, loader_y)
     det = g.add("CodeFormerDetectFaces", (x, 0), size=[320, 260], **detect)
     g.link(image[0], image[1], det, "image"); g.link(d, "face_detector", det, "face_detector")
-    r = g.add(restore_type, (x + 380, 0), size=[300, 100])
+    r = g.add(restore_type, (x + 380, 0), size=[300, 100], **(restore or {}))
     g.link(m, "model", r, "model"); g.link(det, "faces", r, "faces")
     p = g.add("CodeFormerPasteFaces", (x + 740, 0), size=[320, 220], **(paste or {}))
     g.link(image[0], image[1], p, "image"); g.link(r, "faces", p, "faces")
@@ -277,17 +278,18 @@ def video(info):
     lv = g.add("LoadVideo", (0, 0), size=[300, 330], file="astronaut_clip.mp4")
     gc = g.add("GetVideoComponents", (0, 380), size=[240, 70])
     g.link(lv, "VIDEO", gc, "video")
-    # smoothing: a video setting, not the node default (0 = off): faces smoothed over about 2 frames
-    # along their tracks (zero lag), steadier faces, less flicker.
+    # smoothing: a video setting, not the node default (0 = off): faces tracked and smoothed over about
+    # 2 frames along their tracks (zero lag), steadier faces, less flicker. temporal (needs the tracks):
+    # codebook choices combined along each track over 2 frames, the restored details do not flicker.
     _, _, p = detect_restore_paste(g, (gc, "images"), "CodeFormerRestoreFaces", "codeformer.pth", loader_y=500,
-                                   smoothing=2.0)
+                                   smoothing=2.0, restore={"temporal": 2.0})
     cv = g.add("CreateVideo", (1520, 0), size=[270, 100])
     g.link(p, "image", cv, "images"); g.link(gc, "audio", cv, "audio"); g.link(gc, "fps", cv, "fps")
     sv = g.add("SaveVideo", (1820, 0), size=[400, 400], filename_prefix="video/codeformer")
     g.link(cv, "VIDEO", sv, "video")
     return g.finish("restore_video_frames",
-                    "Restores the faces of every video frame (detection smoothed over frames against flicker) "
-                    "and keeps the frame rate and the sound.", weights_line(RESTORE_WEIGHTS, FACE_WEIGHTS))
+                    "Restores the faces of every video frame (faces tracked and smoothed, codes chosen along "
+                    "each track: temporal 2, against flicker) and keeps the frame rate and the sound.", weights_line(RESTORE_WEIGHTS, FACE_WEIGHTS))
 
 
 def face_model(info):

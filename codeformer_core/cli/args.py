@@ -37,7 +37,8 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--has-aligned", action="store_true",
                    help="inputs are already cropped and aligned 512x512 faces (no detection)")
     g.add_argument("--only-center-face", action="store_true", help="restore only the face nearest the centre")
-    g.add_argument("--max-faces", type=int, default=0, help="at most this many faces per frame, largest first (0 = all)")
+    g.add_argument("--max-faces", type=int, default=0,
+                   help="at most this many faces per frame, largest first (0 = all)")
     g.add_argument("--draw-box", action="store_true", help="draw the detected face boxes on the output")
     g.add_argument("--detector", choices=DETECTORS, default="retinaface_resnet50", help="face detector")
     g.add_argument("--detection-threshold", type=float, default=0.8, metavar="P",
@@ -90,8 +91,13 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--smooth-online", type=float, default=0.0, metavar="S",
                    help="video: one-pass exponential smoothing 0..1 instead of --smooth (lags behind moving "
                         "faces by S/(1-S) frames; for when the video should be read once); default 0 = off")
+    g.add_argument("--temporal", type=float, default=None, metavar="FRAMES",
+                   help="video, restore: codebook choices combined along each face's track over a Gaussian of "
+                        "FRAMES (sigma) so the restored face does not flicker (the encoder runs twice per face, "
+                        "about 1.5x the time); default 2 (0 with --smooth 0, --smooth-online or --face-model), 0 = off")
     g.add_argument("--crf", type=int, default=None, help="video quality (x264 default 18, VP9 32; lower = better)")
-    g.add_argument("--video-codec", default=None, help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
+    g.add_argument("--video-codec", default=None,
+                   help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
     g = p.add_argument_group("performance and models")
     g.add_argument("--batch-size", type=int, default=None,
                    help="faces per network batch (default: 1 on CPU, where it is fastest; 8 on a GPU)")

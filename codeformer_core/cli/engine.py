@@ -197,10 +197,11 @@ def chunk_frames_for(settings: Settings, height: int, width: int) -> int:
                                      output_whole=False))
 
 
-def restore_frames(session: Session, frames, *, sink, smoother=None, progress=None, detections=None):
+def restore_frames(session: Session, frames, *, sink, smoother=None, progress=None, detections=None, codes=None):
     """One call of the shared pipeline; returns (RestoreResult, boxes per frame or None).
     ``detections``: the frames' faces from the first pass of a video (zero-lag smoothing).
-    ``sink``: takes the output band by band (``pipeline.restore_images``)."""
+    ``sink``: takes the output band by band (``pipeline.restore_images``). ``codes``: the frames'
+    temporal codes (``pipeline.TrackCodes``, --temporal)."""
     import torch
     from .. import pipeline
     s, nets = session.settings, session.nets
@@ -215,7 +216,7 @@ def restore_frames(session: Session, frames, *, sink, smoother=None, progress=No
                                      torch.from_numpy(nets.paste_mask)[None]),
         run=pipeline.RunOptions(frames_per_chunk=chunk_frames_for(s, *pipeline.image_batch(frames).shape[1:3]),
                                 batch_size=s.batch_size, progress=progress, memory_budget=s.max_memory),
-        sink=sink)
+        sink=sink, codes=codes)
     boxes = nets.detector.take() if isinstance(nets.detector, BoxRecorder) else None
     if detections is not None and s.draw_box:
         boxes = boxes_per_frame(detections)

@@ -52,6 +52,7 @@ class VideoSettings:
     fps: Optional[float] = None         # None: each frame keeps its timestamp
     smooth: float = 2.0                 # zero-lag smoothing, sigma in frames (two passes)
     smooth_online: float = 0.0          # one-pass exponential smoothing instead
+    temporal: float = 0.0               # temporal codes, sigma in frames (restore; needs the two passes)
     crf: Optional[int] = None
     codec: Optional[str] = None
 
@@ -137,6 +138,15 @@ def check_args(args: argparse.Namespace, task: str) -> None:
         raise UserError("--smooth must be in [0, 100] frames")
     if not 0 <= args.smooth_online < 1:
         raise UserError("--smooth-online must be in [0, 1)")
+    temporal = getattr(args, "temporal", None)
+    if temporal is not None:
+        if not 0 <= temporal <= 100:
+            raise UserError("--temporal must be in [0, 100] frames")
+        if temporal > 0 and (task != "restore" or args.smooth_online > 0 or args.has_aligned
+                             or getattr(args, "face_model", None)):
+            raise UserError("--temporal chooses CodeFormer's codes along face tracks: it needs the restore command "
+                            "with the CodeFormer model, whole frames (not --has-aligned) and the two-pass --smooth "
+                            "(not --smooth-online); give --temporal 0 or drop the other option")
     if (args.regions or args.keep_regions or args.region_preset != "face") and not args.parse:
         raise UserError("--region-preset / --regions / --keep-regions choose ParseNet regions: add --parse")
     if not 0 <= args.mask_blur <= 128 or not -128 <= args.mask_grow <= 128:
@@ -157,6 +167,19 @@ def check_args(args: argparse.Namespace, task: str) -> None:
         raise UserError("--face-model replaces CodeFormer: give --model or --face-model, not both")
 
 
+DEFAULT_VIDEO_TEMPORAL = 2.0   # docs/temporal.md: 217x fewer code changes, 34x less flicker on a still face
+
+
+def video_temporal(args: argparse.Namespace, task: str) -> float:
+    """--temporal as given, or its default: 2 frames where temporal codes apply (restore with CodeFormer,
+    two-pass smoothing --smooth > 0, whole frames), else 0 (--smooth 0 keeps a video to one pass)."""
+    if getattr(args, "temporal", None) is not None:
+        return float(args.temporal)
+    applies = task == "restore" and args.smooth > 0 and args.smooth_online == 0 and not args.has_aligned \
+        and not getattr(args, "face_model", None)
+    return DEFAULT_VIDEO_TEMPORAL if applies else 0.0
+
+
 def settings_from_args(args: argparse.Namespace, task: str) -> Settings:
     """The one reading of a task command's Namespace: checked, grouped, frozen."""
     check_args(args, task)
@@ -168,10 +191,11 @@ def settings_from_args(args: argparse.Namespace, task: str) -> Settings:
         models=ModelSettings(model=args.model, face_model=getattr(args, "face_model", None),
                              detector=args.detector, parse=args.parse, bg_upsampler=args.bg_upsampler,
                              bg_tile=args.bg_tile, face_upsample=args.face_upsample,
-                             mask=getattr(args, "mask", None), paste_mask=args.paste_mask, device=args.device, dtype=args.dtype,
+                             mask=getattr(args, "mask", None), paste_mask=args.paste_mask, device=args.device,
+                             dtype=args.dtype,
                              models=getattr(args, "models", None), no_download=args.no_download),
         video=VideoSettings(fps=args.fps, smooth=args.smooth, smooth_online=args.smooth_online, crf=args.crf,
-                            codec=args.video_codec),
+                            codec=args.video_codec, temporal=video_temporal(args, task)),
         detect=DetectSettings(threshold=args.detection_threshold, resolution=args.detection_resolution,
                               center_only=args.only_center_face, max_faces=args.max_faces or 0,
                               min_size=args.min_face_size, max_size=args.max_face_size),

@@ -60,7 +60,9 @@ class VideoJob:
     height: int
     frames_per_chunk: int
     smoother: object = None          # one-pass smoothing (--smooth-online)
-    found: object = None             # every frame's faces from the first pass (--smooth)
+    temporal: float = 0.0            # --temporal (sigma in frames)
+    found: object = None             # every frame's faces from the first pass (--smooth, --temporal)
+    codes: object = None             # pipeline.TrackCodes from the logits pass (--temporal)
 
 
 def detect_video(session: Session, src: Path, frames: int):
@@ -80,6 +82,24 @@ def detect_video(session: Session, src: Path, frames: int):
         bar.close()
 
 
+def video_codes(session: Session, src: Path, found, frames: int):
+    """The logits pass of --temporal: every tracked face encoded once more and its codes chosen
+    along its track; only the codes are kept (512 bytes a face)."""
+    from ..io.video import VideoReader
+    from ..pipeline import clip_codes
+    s = session.settings
+    bar = progress_bar(total=frames, desc=f"{src.name} codes", unit="frame", quiet=session.out.quiet, leave=False)
+    try:
+        with VideoReader(src) as reader:
+            def chunks():
+                for chunk in reader.chunks(s.frames_per_chunk):
+                    yield chunk
+                    bar.update(len(chunk))
+            return clip_codes(chunks(), session.nets.model, found, s.video.temporal, batch_size=s.batch_size)
+    finally:
+        bar.close()
+
+
 def _show(bar, done: int, total: int) -> None:
     bar.total, bar.n = total, done
     bar.refresh()
@@ -92,15 +112,18 @@ def plan_video(session: Session, src: Path, info) -> VideoJob:
     mask = session.nets.mask
     if mask is not None and mask.shape != (info.height, info.width):
         raise UserError(f"mask is {mask.shape[1]}x{mask.shape[0]}, video is {info.width}x{info.height}")
-    smoother = found = None
+    smoother = found = codes = None
     if s.video.smooth_online > 0 and not s.has_aligned:
         smoother = LandmarkSmoother(strength=s.video.smooth_online)
-    elif s.video.smooth > 0 and not s.has_aligned:
+    elif (s.video.smooth > 0 or s.video.temporal > 0) and not s.has_aligned:
         found = detect_video(session, src, info.frames)
+        if s.video.temporal > 0 and len(found):
+            codes = video_codes(session, src, found, info.frames)
     return VideoJob(src=src, info=info,
                     fps_out=Fraction(s.video.fps).limit_denominator(100000) if s.video.fps else info.fps,
-                    width=int(info.width * s.upscale), height=int(info.height * s.upscale),
-                    frames_per_chunk=chunk_frames_for(s, info.height, info.width), smoother=smoother, found=found)
+                    temporal=s.video.temporal, width=int(info.width * s.upscale), height=int(info.height * s.upscale),
+                    frames_per_chunk=chunk_frames_for(s, info.height, info.width), smoother=smoother, found=found,
+                    codes=codes)
 
 
 def restore_chunk(session: Session, job: VideoJob, chunk, first: int, writer, tally: VideoTally) -> None:
@@ -114,11 +137,13 @@ def restore_chunk(session: Session, job: VideoJob, chunk, first: int, writer, ta
     if not keep:
         return
     out = EncoderFrames(len(keep), job.height, job.width)
+    frames = [first + i for i in keep]
     try:
         res, boxes = restore_frames(session, chunk.frames[keep] if len(keep) < n else chunk.frames,
                                     smoother=job.smoother, sink=out,
                                     detections=None if job.found is None else
-                                    job.found.take_frames([first + i for i in keep]))
+                                    job.found.take_frames(frames),
+                                    codes=None if job.codes is None else job.codes.take_frames(frames))
     except NotEnoughMemoryError as e:
         raise memory_error(e, job.src, f"frame {first + keep[e.item] + 1} ({job.info.width}x{job.info.height}"
                                        f" pixels, output {job.width}x{job.height})") from e
@@ -187,5 +212,10 @@ def video_line(fps: Optional[float], job: VideoJob, writer, tally: VideoTally, d
     if info.rotation:   # frames turned upright; the output is stored upright, without the tag
         timing += f"; rotation metadata {info.rotation}\u00b0 applied"
     faces = tally.faces
-    return (f"{job.src.name} -> {dest}: {tally.frames} frames ({timing}), {faces} faces, {tally.no_face} frames "
-            f"with no face, {audio}, {seconds:.1f} s, {faces / seconds if seconds > 0 else 0:.2f} faces/s")
+    filled = ""
+    if job.found is not None and job.found.interpolated is not None:
+        filled = f", {int(job.found.interpolated.sum())} missed faces filled in"
+    temporal = f", temporal codes over {job.temporal:g} frames" if job.codes is not None else ""
+    return (f"{job.src.name} -> {dest}: {tally.frames} frames ({timing}), {faces} faces, {tally.no_face} "
+            f"frames with no face{filled}{temporal}, {audio}, {seconds:.1f} s, "
+            f"{faces / seconds if seconds > 0 else 0:.2f} faces/s")

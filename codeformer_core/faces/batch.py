@@ -27,6 +27,8 @@ class FaceBatch(FrameRows):
     frame_size: Tuple[int, int]    # (H, W) of the source frames
     num_frames: int                # B, so frames with no face still count
     gray: Optional[torch.Tensor] = None  # [N] bool, source frame was grayscale
+    track: Optional[torch.Tensor] = None  # [N] int64 face track id (faces.tracks.track_detections; None:
+                                          # not tracked), what temporal codes combine frames by
     meta: dict = field(default_factory=dict)  # free-form (e.g. the model variant that produced crops)
 
     @property

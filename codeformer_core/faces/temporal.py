@@ -177,7 +177,8 @@ class TemporalCodes:
     def _take_ready(self) -> Tuple[Tensor, Tensor, Tensor]:
         ready, self._ready = self._ready, []
         if not ready:
-            return torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64), torch.zeros(0, 0, dtype=torch.int64)
+            none = torch.zeros(0, dtype=torch.int64)
+            return none, none.clone(), torch.zeros(0, 0, dtype=torch.int64)
         return (torch.tensor([r[0] for r in ready]), torch.tensor([r[1] for r in ready]),
                 torch.stack([r[2] for r in ready]))
 

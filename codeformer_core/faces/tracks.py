@@ -171,7 +171,8 @@ def smooth_tracks(values: Tensor, frame_index: Tensor, track: Tensor, sigma: flo
         present = torch.zeros(length + 2 * radius, dtype=torch.float64)
         y[pos], present[pos] = v[rows], 1.0
         s0, s1, s2 = (torch.zeros(length, dtype=torch.float64) for _ in range(3))
-        sy, sdy = torch.zeros(length, v.shape[1], dtype=torch.float64), torch.zeros(length, v.shape[1], dtype=torch.float64)
+        sy = torch.zeros(length, v.shape[1], dtype=torch.float64)
+        sdy = torch.zeros(length, v.shape[1], dtype=torch.float64)
         for d, w in zip(offsets.tolist(), weights.tolist()):
             lo = radius + int(d)
             wp = w * present[lo:lo + length]
@@ -247,6 +248,9 @@ def track_detections(dets: Detections, sigma: float = 0.0, cuts: Optional[Tensor
     when ``sigma`` > 0, landmarks and boxes smoothed along the tracks (``smooth_detections``).
     ``track_kwargs`` go to ``track_faces`` (its ``max_gap`` defaults to ``max_fill`` here)."""
     track_kwargs.setdefault("max_gap", max(max_fill, 0))
+    if len(dets) == 0:      # no face in the clip: nothing to track
+        return replace(dets, track=torch.zeros(0, dtype=torch.int64, device=dets.device),
+                       interpolated=torch.zeros(0, dtype=torch.bool, device=dets.device))
     track = track_faces(dets, cuts=cuts, **track_kwargs)
     out, track = fill_gaps(dets, track, max_fill) if max_fill > 0 else \
         (replace(dets, track=track.to(dets.device), interpolated=torch.zeros(len(dets), dtype=torch.bool,
@@ -266,7 +270,8 @@ class SceneCuts:
     new shot when the mean absolute difference to the previous thumbnail (0..1 gray levels) is
     above ``threshold`` and above ``ratio`` times the median of the recent differences (the last
     ``history``; with fewer than two, ``ratio`` times ``threshold``): a pan or a fast motion
-    raises every difference alike, a cut only one. Call with frames [B,3,H,W] RGB 0..1 (the detector's input); returns [B] bool.
+    raises every difference alike, a cut only one. Call with frames [B,3,H,W] RGB 0..1 (the detector's
+    input); returns [B] bool.
     """
 
     def __init__(self, threshold: float = 0.06, ratio: float = 4.0, history: int = 8, size: int = 32):
