@@ -516,11 +516,14 @@ class RestoreResult:
         return int(sum(self.face_counts))
 
 
+DEFAULT_DETECT, DEFAULT_PASTE, DEFAULT_RUN = DetectOptions(), PasteSettings(), RunOptions()  # frozen values
+
+
 def restore_images(images, model, detector: Optional[FaceDetector] = None, w: Optional[float] = None, *,
                    task: Optional[str] = None, inpaint_masks: Optional[Tensor] = None, has_aligned: bool = False,
                    detections: Optional[Detections] = None, smoother: Optional[LandmarkSmoother] = None,
-                   detect: DetectOptions = DetectOptions(), paste: PasteSettings = PasteSettings(),
-                   run: RunOptions = RunOptions(), sink: Optional[Sink] = None, temporal: float = 0.0,
+                   detect: DetectOptions = DEFAULT_DETECT, paste: PasteSettings = DEFAULT_PASTE,
+                   run: RunOptions = DEFAULT_RUN, sink: Optional[Sink] = None, temporal: float = 0.0,
                    codes: Optional[TrackCodes] = None) -> RestoreResult:
     """Restore (or colorize / inpaint, by the model's variant) every face of an image batch.
 

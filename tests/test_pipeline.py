@@ -128,7 +128,8 @@ def test_empty_batch(detector):
 def test_chunked_equals_single_calls_and_upscale(astronaut_frame, detector):
     """8 frames through chunks of 3 equal 8 single calls; upscale 2 doubles the size."""
     frames = torch.cat([astronaut_frame * (0.6 + 0.05 * i) for i in range(8)]).permute(0, 2, 3, 1)
-    kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"), paste=PasteSettings(PasteOptions(upscale=2.0)))
+    kw = dict(detect=DetectOptions(conf_threshold=0.6, selection="largest"),
+              paste=PasteSettings(PasteOptions(upscale=2.0)))
     batched = restore_images(frames, IdentityNet(), detector, run=RunOptions(frames_per_chunk=3), **kw)
     singles = [restore_images(frames[i:i + 1], IdentityNet(), detector, **kw) for i in range(8)]
     assert batched.images.shape == (8, 1024, 1024, 3)

@@ -39,7 +39,7 @@ def test_sticky_path_is_the_best_path_by_brute_force():
     for cost, start in ((0.0, None), (0.7, None), (0.7, torch.tensor([2, 0])), (5.0, None)):
         path = sticky_path(scores, cost, start)
         for n in range(2):
-            def value(p):
+            def value(p, n=n, start=start, cost=cost):
                 changes = sum(a != b for a, b in zip(p, p[1:])) + (start is not None and p[0] != int(start[n]))
                 return sum(float(scores[t, n, c]) for t, c in enumerate(p)) - cost * changes
             best = max(value(p) for p in itertools.product(range(3), repeat=4))
@@ -197,4 +197,5 @@ def test_noisy_copies_of_a_face_get_identical_codes(encoded):
     codes = temporal_codes(enc.logits, frames, track, sigma=1.0)
     assert (codes == codes[:1]).all()
     plain = enc.logits.argmax(-1)
-    print(f"tokens changing code frame to frame: {float((plain[1:] != plain[:-1]).float().mean()):.1%} plain, 0 temporal")
+    changing = float((plain[1:] != plain[:-1]).float().mean())
+    print(f"tokens changing code frame to frame: {changing:.1%} plain, 0 temporal")

@@ -63,7 +63,7 @@ def test_video_with_audio_keeps_frames_size_fps_audio(audio_run, audio_video):
 
 def test_video_summary_line(audio_run):
     _, _, out, _ = audio_run
-    line = next(l for l in out.splitlines() if l.startswith("clip.mp4 -> "))
+    line = next(row for row in out.splitlines() if row.startswith("clip.mp4 -> "))
     assert "4 frames" in line and "0 faces" in line and "4 frames with no face" in line
     assert "audio copied" in line and "faces/s" in line
     assert "codeformer restore: 1 file done; 0 faces found, 4 of 4 frames with no face" in out
@@ -101,7 +101,7 @@ def test_corrupt_video_clear_error_no_output(tmp_path, models_dir, audio_video, 
     bad.write_bytes(b"\x00not a video at all" * 50 if damage == "garbage" else data[: len(data) // 3])
     rc, out, err = call("restore", bad, *NO_FACES, "--models", models_dir, *DETECTOR_ARGS)
     assert rc == cli.EXIT_ERROR
-    errors = [l for l in err.splitlines() if "error" in l]
+    errors = [row for row in err.splitlines() if "error" in row]
     assert len(errors) == 1 and "bad.mp4" in errors[0] and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.mp4"]
 

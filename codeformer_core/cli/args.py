@@ -95,7 +95,8 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
                    help="video, restore: codebook choices combined along each face's track over a Gaussian of "
                         "FRAMES (sigma) so the restored face does not flicker (the encoder runs twice per face, "
                         "about 1.5x the time); default 2 (0 with --smooth 0, --smooth-online or --face-model), 0 = off")
-    g.add_argument("--crf", type=int, default=None, help="video quality (x264 default 18, VP9 32; lower = better)")
+    g.add_argument("--crf", type=int, default=None, metavar="Q",
+                   help="video quality (x264 default 18, VP9 32; lower = better)")
     g.add_argument("--video-codec", default=None,
                    help="encoder (default libx264; libvpx-vp9 for .webm; mpeg4 for .avi)")
     g = p.add_argument_group("performance and models")

@@ -245,7 +245,8 @@ def case_rows(nets: Dict, size: int, faces: int, device: torch.device, w: float,
                     + f"{ctotal:9.2f}{'':9s}{cmem:10.0f}")
         rows.append("ours/cls  " + "".join(f"{ours[s] / max(cl.get(s, 0.0), 1e-9):9.2f}" for s in STAGES)
                     + f"{total / ctotal:9.2f}")
-    rows.append(f"forward alone {fwd:.2f} s ({fwd / max(n, 1):.2f} s/face); pipeline e2e per face {e2e / max(n, 1):.2f} s "
+    rows.append(f"forward alone {fwd:.2f} s ({fwd / max(n, 1):.2f} s/face); "
+                f"pipeline e2e per face {e2e / max(n, 1):.2f} s "
                 f"= {e2e / fwd:.2f}x the forward (target <= 1.25); without the parse mask (stage sum less parse) "
                 f"{(total - ours['parse']) / fwd:.2f}x   [{load_avg()}]")
     return rows
