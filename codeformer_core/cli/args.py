@@ -13,6 +13,10 @@ TASK_HELP = {"restore": "restore faces (fidelity -w)", "colorize": "colorize gra
              "inpaint": "fill masked / white regions of faces"}
 
 
+TEMPORAL_HELP = ("video, restore: codebook choices combined along each face's track over a Gaussian of FRAMES "
+                 "(sigma) so the restored face does not flicker (the encoder runs twice per face, about 1.5x the "
+                 "time); default 2 (0 with --smooth 0, --smooth-online or --face-model), 0 = off")
+
 def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     from ..models import DTYPE_CHOICES
     suffix = TASKS[task].suffix
@@ -91,10 +95,7 @@ def _task_options(p: argparse.ArgumentParser, task: str) -> None:
     g.add_argument("--smooth-online", type=float, default=0.0, metavar="S",
                    help="video: one-pass exponential smoothing 0..1 instead of --smooth (lags behind moving "
                         "faces by S/(1-S) frames; for when the video should be read once); default 0 = off")
-    g.add_argument("--temporal", type=float, default=None, metavar="FRAMES",
-                   help="video, restore: codebook choices combined along each face's track over a Gaussian of "
-                        "FRAMES (sigma) so the restored face does not flicker (the encoder runs twice per face, "
-                        "about 1.5x the time); default 2 (0 with --smooth 0, --smooth-online or --face-model), 0 = off")
+    g.add_argument("--temporal", type=float, default=None, metavar="FRAMES", help=TEMPORAL_HELP)
     g.add_argument("--crf", type=int, default=None, metavar="Q",
                    help="video quality (x264 default 18, VP9 32; lower = better)")
     g.add_argument("--video-codec", default=None,
