@@ -107,7 +107,7 @@ def _show(bar, done: int, total: int) -> None:
 
 def plan_video(session: Session, src: Path, info) -> VideoJob:
     """The output size and rate, the chunk size and the smoothing of one video."""
-    from ..pipeline import LandmarkSmoother
+    from ..faces.tracks import LandmarkSmoother
     s = session.settings
     mask = session.nets.mask
     if mask is not None and mask.shape != (info.height, info.width):
