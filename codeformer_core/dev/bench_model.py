@@ -7,10 +7,12 @@ baseline instance (one face at a time, float32, contiguous layout, explicit soft
 upsample-then-conv) measured in the same run, plus the largest output
 difference between the two; ``--onnx FILE`` (or ``--onnx export``: the synthetic weights exported
 first) adds ONNX Runtime on CPU for an exported file, run through ``models.onnx_face.OnnxFaceModel``
-at each batch size, and the CPU's model name is printed. Weights are the synthetic golden formula:
-speed does not depend on
-the values. The process keeps the default allocator policy, as inside ComfyUI; ``--cli-memory``
-measures with the one the ``codeformer`` command sets at its start instead.
+at each batch size, and the CPU's model name is printed. ``--precise-logits-cost N`` instead
+times one face with ``CodeFormerOptions.precise_logits`` on and off, interleaved, N rounds each,
+in float32 and in the bf16 policy (CPU): the cost of the float64 logits path. Weights are the
+synthetic golden formula: speed does not depend on the values. The process keeps the default
+allocator policy, as inside ComfyUI; ``--cli-memory`` measures with the one the ``codeformer``
+command sets at its start instead.
 """
 from __future__ import annotations
 
@@ -295,6 +297,32 @@ def compile_forward(model, batch: int, device, backend: str = "inductor", quick:
     return dict(batch=batch, compile_s=compile_s, faces_s=batch / t, peak_mib=peak, max_diff=diff, repeats=n)
 
 
+def precise_logits_cost(state_dict, device, dtypes, rounds: int, w: float = 0.5) -> list:
+    """Seconds per one-face forward with the float64 logits path off and on, interleaved (off, on,
+    off, on, ...) so machine load falls on both alike: [(dtype, best off, best on, median off,
+    median on)]."""
+    import statistics
+    x = (torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
+    rows = []
+    for dtype in dtypes:
+        models = {flag: build(state_dict, device, dtype, channels_last=False,
+                              options=CodeFormerOptions(precise_logits=flag)) for flag in (False, True)}
+        times = {False: [], True: []}
+        with torch.inference_mode():
+            for model in models.values():      # warm-up (the float64 copy is made here)
+                model(x, w=w)
+            for _ in range(rounds):
+                for flag, model in models.items():
+                    t0 = time.perf_counter()
+                    model(x, w=w)
+                    sync(device)
+                    times[flag].append(time.perf_counter() - t0)
+        rows.append((str(dtype).replace("torch.", ""), min(times[False]), min(times[True]),
+                     statistics.median(times[False]), statistics.median(times[True])))
+        del models
+    return rows
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default=None, help="cpu, cuda, mps (default: best available)")
@@ -307,6 +335,9 @@ def main(argv=None):
     ap.add_argument("--onnx", metavar="FILE", help="also time this exported file (codeformer weights export) with "
                     "ONNX Runtime on CPU through OnnxFaceModel, at each batch size; 'export': export the synthetic "
                     "weights first (needs the onnx extra)")
+    ap.add_argument("--precise-logits-cost", type=int, default=0, metavar="N",
+                    help="only time the float64 logits path: one face, on vs off interleaved, N rounds, "
+                         "float32 and bf16")
     ap.add_argument("--cli-memory", action="store_true",
                     help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
@@ -325,6 +356,14 @@ def main(argv=None):
           f"dtype {str(dtype).replace('torch.', '')}, w={args.w}, torch {torch.__version__}")
 
     state_dict = synth_state_dict(contract(architecture("codeformer", "restoration")).items())
+    if args.precise_logits_cost:
+        print(f"float64 logits path, one face, {args.precise_logits_cost} interleaved rounds "
+              f"(threads {torch.get_num_threads()})")
+        for name, b_off, b_on, m_off, m_on in precise_logits_cost(state_dict, device, (torch.float32, torch.bfloat16),
+                                                                  args.precise_logits_cost, args.w):
+            print(f"{name:9s} off {b_off:6.3f} s  on {b_on:6.3f} s  best +{(b_on / b_off - 1) * 100:5.1f} %   "
+                  f"median off {m_off:6.3f} s  on {m_on:6.3f} s  +{(m_on / m_off - 1) * 100:5.1f} %")
+        return
     if not args.no_load_times:
         for name, seconds in load_times(state_dict):
             print(f"load_model {name:32s} {seconds:6.2f} s")
