@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..chunks import run_in_chunks
+from ..errors import SettingsError
 from ..models.loader import load_retinaface
 from ..models.retinaface import (RetinaFace, batched_nms, decode_boxes, decode_landmarks, preprocess_rgb01,
                                  prior_boxes)
@@ -220,16 +221,16 @@ class FaceDetector:
 
 def _check_selection(selection: str, sort_by: str) -> None:
     if selection not in SELECTIONS:
-        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+        raise SettingsError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     if sort_by not in SORT_KEYS:
-        raise ValueError(f"sort_by must be one of {SORT_KEYS}, got {sort_by!r}")
+        raise SettingsError(f"sort_by must be one of {SORT_KEYS}, got {sort_by!r}")
 
 
 def _check_sizes(min_size: float, max_size: float) -> None:
     if min_size < 0 or max_size < 0:
-        raise ValueError(f"min_size and max_size must be >= 0 (0 = no limit), got {min_size} and {max_size}")
+        raise SettingsError(f"min_size and max_size must be >= 0 (0 = no limit), got {min_size} and {max_size}")
     if min_size > 0 and max_size > 0 and min_size > max_size:
-        raise ValueError(f"min_size {min_size:g} is more than max_size {max_size:g}: no face can be both")
+        raise SettingsError(f"min_size {min_size:g} is more than max_size {max_size:g}: no face can be both")
 
 
 def select_faces(dets: Detections, min_eye_distance: float = 0.0, selection: str = "all",

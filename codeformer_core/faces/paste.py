@@ -26,6 +26,7 @@ from typing import Callable, Iterator, Optional, Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ..errors import SettingsError
 from ..pixels import PIXEL_SCALES, float_dtype, to_luminance, to_unit
 from .batch import FaceBatch
 from .geometry import (apply_affine, compose_affine, face_windows, invert_affine64, pixel_to_normalized,
@@ -68,11 +69,11 @@ class PasteOptions:
 
     def __post_init__(self):
         if not float(self.upscale) > 0:
-            raise ValueError(f"upscale must be > 0, got {self.upscale}")
+            raise SettingsError(f"upscale must be > 0, got {self.upscale}")
         if self.order not in PASTE_ORDERS:
-            raise ValueError(f"order must be one of {PASTE_ORDERS}, got {self.order!r}")
+            raise SettingsError(f"order must be one of {PASTE_ORDERS}, got {self.order!r}")
         if self.feather is not None and int(self.feather) < 0:
-            raise ValueError(f"feather must be >= 0 (or None for automatic), got {self.feather}")
+            raise SettingsError(f"feather must be >= 0 (or None for automatic), got {self.feather}")
         if int(self.mask_blur) < 0:
             raise ValueError(f"mask_blur must be >= 0, got {self.mask_blur}")
         object.__setattr__(self, "regions", frozenset(int(r) for r in self.regions))
@@ -147,7 +148,7 @@ def paste_order(faces: FaceBatch, order: str = "score") -> list:
     batch order); frames are independent, so one sort over all faces does. "given": the batch order.
     """
     if order not in PASTE_ORDERS:
-        raise ValueError(f"order must be one of {PASTE_ORDERS}, got {order!r}")
+        raise SettingsError(f"order must be one of {PASTE_ORDERS}, got {order!r}")
     if order == "given":
         return list(range(len(faces)))
     return torch.sort(faces.scores.detach().float().cpu(), descending=True, stable=True).indices.tolist()
