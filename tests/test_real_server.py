@@ -391,11 +391,13 @@ def test_committed_graphs_are_what_the_generator_builds(server_run):
 
 
 def test_shipped_graphs_use_node_defaults(server_run):
-    """The pack's widgets in workflows/ carry the node defaults, except file choices and the video
-    graph's temporal smoothing and temporal codes (video settings: 0 = off by default)."""
+    """The pack's widgets in workflows/ carry the node defaults, except file choices, the video
+    graph's temporal smoothing and temporal codes (video settings: 0 = off by default) and the
+    keep-eyes graph's regions preset (what that graph shows)."""
     ce = _comfy_e2e()
     deliberate = {("restore_video_frames", "CodeFormerDetectFaces", "smoothing"),
-                  ("restore_video_frames", "CodeFormerRestoreFaces", "temporal")}
+                  ("restore_video_frames", "CodeFormerRestoreFaces", "temporal"),
+                  ("restore_keep_original_eyes", "CodeFormerPasteFaces", "regions")}
     for name in WORKFLOW_NAMES:
         ui = json.loads((ROOT / "workflows" / f"{name}.json").read_text())
         for node in ui["nodes"]:
