@@ -186,3 +186,18 @@ def cached_model_loading():
     cache_model_loading(mp)
     yield
     mp.undo()
+
+
+@pytest.fixture(scope="session")
+def N(comfyui):
+    """The pack's node classes by node id, as the real ComfyUI registered them (a module may
+    override it, e.g. to add ComfyUI's own nodes or files to the models folder)."""
+    return comfyui.N
+
+
+@pytest.fixture(scope="session")
+def node_detector(comfyui):
+    """Load Face Detector (CodeFormer)'s output: RetinaFace-R50 with ParseNet (synthetic weights)."""
+    (bundle,) = helpers.run_node(comfyui.N["CodeFormerFaceDetectorLoader"],
+                                 detector_model="detection_Resnet50_Final.pth", parsing_model="parsing_parsenet.pth")
+    return bundle

@@ -380,3 +380,16 @@ def face_model_proto(size: int, fidelity=None, fid_type=None, fid_shape=("B",), 
 def write_onnx(proto, path):
     path.write_bytes(proto.SerializeToString())
     return path
+
+
+FACE_POINTS = torch.tensor([[-20.0, -15.0], [20.0, -15.0], [0.0, 5.0], [-16.0, 25.0], [16.0, 25.0]])
+
+
+def detections_at(rows, num_frames):
+    """Detections from (frame, centre x, centre y) rows: a 5-point face and a 100-px box each, in
+    640x480 frames (for tracking and temporal-code tests)."""
+    from codeformer_core.faces.detect import Detections
+    centres = torch.tensor([[x, y] for _, x, y in rows], dtype=torch.float32)
+    return Detections(boxes=torch.cat([centres - 50, centres + 50], 1), scores=torch.ones(len(rows)),
+                      landmarks=centres[:, None] + FACE_POINTS, frame_index=torch.tensor([f for f, _, _ in rows]),
+                      num_frames=num_frames, frame_size=(480, 640))

@@ -36,13 +36,6 @@ def gpen256(N):
     return model
 
 
-@pytest.fixture(scope="module")
-def detector(N):
-    (bundle,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_Resnet50_Final.pth",
-                         parsing_model="parsing_parsenet.pth")
-    return bundle
-
-
 def test_loader_lists_onnx_files(N):
     options = N["CodeFormerModelLoader"].GET_NODE_INFO_V1()["input"]["required"]["model_name"][1]["options"]
     assert set(FILES) <= set(options) and "codeformer.pth" in options
@@ -55,12 +48,12 @@ def test_loader_loads_an_onnx_file_on_comfyuis_device(comfyui, gpen256):
     assert gpen256.providers == [onnx_face.CPU]   # ComfyUI computes on the CPU here (--cpu)
 
 
-def test_detect_with_the_model_aligns_at_its_size_and_template(comfyui, N, detector, gpen256, astronaut_image):
-    faces, crops, _, count = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=detector,
+def test_detect_with_the_model_aligns_at_its_size_and_template(comfyui, N, node_detector, gpen256, astronaut_image):
+    faces, crops, _, count = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=node_detector,
                                       model=gpen256, **DETECT)
     assert count == 1 and crops.shape == (1, 256, 256, 3)
     parser = faces.meta["parser"]    # ParseNet expects FFHQ crops: ArcFace crops are parsed reframed
-    assert type(parser).__name__ == "ReframedParseNet" and parser.parser is detector.parser
+    assert type(parser).__name__ == "ReframedParseNet" and parser.parser is node_detector.parser
     core = comfyui.pack.codeformer_core
     want = core.faces.align.align_faces(astronaut_image.permute(0, 3, 1, 2), faces.landmarks, faces.frame_index,
                                         size=256, template=core.templates.ARCFACE_128 * 256).crops
@@ -70,26 +63,26 @@ def test_detect_with_the_model_aligns_at_its_size_and_template(comfyui, N, detec
     assert float((out.crops - (1 - faces.crops)).abs().max()) < 1e-5
 
 
-def test_restore_refuses_faces_aligned_for_another_framing(N, detector, gpen256, astronaut_image):
-    faces = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=detector, **DETECT)[0]
+def test_restore_refuses_faces_aligned_for_another_framing(N, node_detector, gpen256, astronaut_image):
+    faces = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=node_detector, **DETECT)[0]
     assert faces.crop_size == 512 and faces.meta["parser"] is not None
     with pytest.raises(ValueError, match="connect the model to the 'model' input of 'Detect Faces"):
         run_node(N["CodeFormerRestoreFaces"], model=gpen256, faces=faces, w=0.5)
 
 
-def test_a_1024_model_takes_faces_detected_without_it(N, detector, astronaut_image):
+def test_a_1024_model_takes_faces_detected_without_it(N, node_detector, astronaut_image):
     """Same (FFHQ) framing, another size: the crops are resized to the model's 1024 px."""
     model, _ = run_node(N["CodeFormerModelLoader"], model_name="gpen_bfr_1024.onnx", dtype="auto")
-    faces = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=detector, **DETECT)[0]
+    faces = run_node(N["CodeFormerDetectFaces"], image=astronaut_image, face_detector=node_detector, **DETECT)[0]
     out, restored = run_node(N["CodeFormerRestoreFaces"], model=model, faces=faces, w=0.5)
     assert restored.shape == (1, 1024, 1024, 3)
     small = torch.nn.functional.interpolate(out.crops, size=(512, 512), mode="area")
     assert float((small - (1 - faces.crops)).abs().mean()) < 0.01
 
 
-def test_all_in_one_with_an_onnx_model(N, detector, gpen256, astronaut_image):
+def test_all_in_one_with_an_onnx_model(N, node_detector, gpen256, astronaut_image):
     image, mask, count = run_node(N["CodeFormerRestoreFacesAllInOne"], image=astronaut_image, model=gpen256,
-                                  face_detector=detector, w=0.5, visibility=1.0, selection="largest",
+                                  face_detector=node_detector, w=0.5, visibility=1.0, selection="largest",
                                   threshold=0.7)
     assert count == 1
     inside = mask[0] > 0.999

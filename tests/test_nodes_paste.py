@@ -20,27 +20,15 @@ TINY_BUDGET_GB = 0.004   # a few MB: many bands of rows, one face's layers at a 
 
 
 @pytest.fixture(scope="module")
-def N(comfyui):
-    return comfyui.N
-
-
-@pytest.fixture(scope="module")
-def detector(N):
-    (bundle,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_Resnet50_Final.pth",
-                         parsing_model="parsing_parsenet.pth")
-    return bundle
-
-
-@pytest.fixture(scope="module")
 def batch(astronaut_image):
     """Two frames, a face in each: the astronaut and her mirror image."""
     return torch.cat([astronaut_image, astronaut_image.flip(2)])
 
 
 @pytest.fixture(scope="module")
-def faces(N, detector, batch):
+def faces(N, node_detector, batch):
     """The detected faces with 'restored' crops that differ everywhere (the inverted crops)."""
-    found = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT)[0]
+    found = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=node_detector, **DETECT)[0]
     assert found.counts_per_frame().tolist() == [1, 1]
     return found.with_crops(1 - found.crops)
 
@@ -138,25 +126,25 @@ def test_mask_grow_and_blur_shape_the_square_mask(N, batch, faces):
     assert bool((soft <= 1).all()) and not torch.equal(soft, shrunk)
 
 
-def test_face_size_filter_in_detect_and_all_in_one(N, detector, batch, faces):
+def test_face_size_filter_in_detect_and_all_in_one(N, node_detector, batch, faces):
     """Faces outside min_size..max_size are left alone: not found, not counted."""
     wh = faces.boxes[:, 2:] - faces.boxes[:, :2]
     short = float(wh.amin(1).min())
-    kept = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT,
+    kept = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=node_detector, **DETECT,
                     min_size=int(short) - 1)
     assert kept[3] == 2
-    none = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT,
+    none = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=node_detector, **DETECT,
                     min_size=int(short) + 200)
     assert none[3] == 0 and len(none[0]) == 0 and none[2].eq(0).all()
-    small = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT, max_size=5)
+    small = run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=node_detector, **DETECT, max_size=5)
     assert small[3] == 0
 
 
-def test_all_in_one_leaves_faces_outside_the_sizes_alone(N, detector, batch):
+def test_all_in_one_leaves_faces_outside_the_sizes_alone(N, node_detector, batch):
     (model, _) = run_node(N["CodeFormerModelLoader"], model_name="codeformer.pth", dtype="auto")
     image, mask, count = run_node(N["CodeFormerRestoreFacesAllInOne"], image=batch, model=model,
-                                  face_detector=detector, w=0.5, visibility=1.0, selection="largest", threshold=0.7,
-                                  max_size=5)
+                                  face_detector=node_detector, w=0.5, visibility=1.0, selection="largest",
+                                  threshold=0.7, max_size=5)
     assert count == 0 and torch.equal(image, batch) and mask.eq(0).all()
 
 

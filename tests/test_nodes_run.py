@@ -16,22 +16,10 @@ DETECT = dict(threshold=0.7, selection="largest", sort_by="area", index=0, max_f
 
 
 @pytest.fixture(scope="module")
-def N(comfyui):
-    return comfyui.N
-
-
-@pytest.fixture(scope="module")
 def model(N):
     m, variant = run_node(N["CodeFormerModelLoader"], model_name="codeformer.pth", dtype="auto")
     assert variant == "restoration"
     return m
-
-
-@pytest.fixture(scope="module")
-def detector(N):
-    (bundle,) = run_node(N["CodeFormerFaceDetectorLoader"], detector_model="detection_Resnet50_Final.pth",
-                         parsing_model="parsing_parsenet.pth")
-    return bundle
 
 
 @pytest.fixture(scope="module")
@@ -41,8 +29,8 @@ def batch(astronaut_image):
 
 
 @pytest.fixture(scope="module")
-def detected(N, detector, batch):
-    return run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=detector, **DETECT)
+def detected(N, node_detector, batch):
+    return run_node(N["CodeFormerDetectFaces"], image=batch, face_detector=node_detector, **DETECT)
 
 
 @pytest.fixture(scope="module")
@@ -99,10 +87,10 @@ def test_detect_outputs(detected):
     assert faces.crops.device.type == "cpu" and faces.meta["parser"] is not None
 
 
-def test_detect_in_chunks_equals_one_chunk(N, comfyui, detector, batch, detected, monkeypatch):
+def test_detect_in_chunks_equals_one_chunk(N, comfyui, node_detector, batch, detected, monkeypatch):
     """A video split into one-frame chunks (little memory) gives the same faces and masks."""
     monkeypatch.setattr(comfyui.pack.codeformer_core.pipeline, "auto_frames_per_chunk", lambda *a, **k: 1)
-    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=batch.flip(0), face_detector=detector,
+    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=batch.flip(0), face_detector=node_detector,
                                          **DETECT)
     assert count == 1 and faces.frame_index.tolist() == [1] and faces.num_frames == 2
     assert torch.allclose(crops, detected[1], atol=1e-5) and torch.allclose(mask, detected[2].flip(0), atol=1e-5)
@@ -169,16 +157,16 @@ def test_crops_out_and_in(N, detected, batch):
         run_node(N["CodeFormerImageToCrops"], faces=detected[0], crops=torch.cat([crops, crops]))
 
 
-def test_no_face_passes_through(N, detector, model, batch):
+def test_no_face_passes_through(N, node_detector, model, batch):
     gray = batch[1:]
-    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=detector, **DETECT)
+    faces, crops, mask, count = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=node_detector, **DETECT)
     # no face: the count says 0, the crops output carries one black placeholder for previews (issue 14)
     assert count == 0 and crops.shape == (1, 64, 64, 3) and crops.max() == 0 and mask.abs().max() == 0
     out, _ = run_node(N["CodeFormerRestoreFaces"], model=model, faces=faces, w=0.5)
     image, _ = run_node(N["CodeFormerPasteFaces"], image=gray, faces=out, use_parsing=True)
     assert torch.equal(image, gray)
     image, mask, count = run_node(N["CodeFormerRestoreFacesAllInOne"], image=gray, model=model,
-                                  face_detector=detector, w=0.5, visibility=1.0, selection="all", threshold=0.7)
+                                  face_detector=node_detector, w=0.5, visibility=1.0, selection="all", threshold=0.7)
     assert count == 0 and torch.equal(image, gray) and mask.max() == 0
 
 
@@ -202,9 +190,9 @@ def test_interrupt_stops_before_the_network(N, comfyui, model, detected):
     assert next(model.parameters()).device.type == "cpu"
 
 
-def test_colorize_keeps_colour(N, detector, synthetic_model, batch):
+def test_colorize_keeps_colour(N, node_detector, synthetic_model, batch):
     gray = batch[:1].mean(-1, keepdim=True).expand(-1, -1, -1, 3).contiguous()
-    faces, *_ = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=detector, **DETECT)
+    faces, *_ = run_node(N["CodeFormerDetectFaces"], image=gray, face_detector=node_detector, **DETECT)
     assert len(faces) == 1 and bool(faces.gray.all())
     out, crops = run_node(N["CodeFormerColorizeFaces"], model=synthetic_model("colorization"), faces=faces)
     assert not bool(out.gray.any())

@@ -11,19 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from codeformer_core.faces.detect import Detections
+from helpers import FACE_POINTS as POINTS
+from helpers import detections_at as clip
 from codeformer_core.faces.temporal import TemporalCodes, sticky_path, temporal_codes
 from codeformer_core.faces.tracks import SceneCuts, track_detections, track_faces
 
-POINTS = torch.tensor([[-20.0, -15.0], [20.0, -15.0], [0.0, 5.0], [-16.0, 25.0], [16.0, 25.0]])
-
-
-def clip(rows, num_frames):
-    """Detections from (frame, centre x, centre y) rows: a 5-point face and a 100-px box each."""
-    centres = torch.tensor([[x, y] for _, x, y in rows], dtype=torch.float32)
-    return Detections(boxes=torch.cat([centres - 50, centres + 50], 1), scores=torch.ones(len(rows)),
-                      landmarks=centres[:, None] + POINTS, frame_index=torch.tensor([f for f, _, _ in rows]),
-                      num_frames=num_frames, frame_size=(480, 640))
 
 
 def noisy_logits(frames, tokens=6, codes=12, noise=0.4, seed=0):

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from helpers import detections_at as clip
 from codeformer_core.dev.synthetic import synth_state_dict
 from codeformer_core.faces.detect import Detections, load_detector
 from codeformer_core.faces.tracks import LandmarkSmoother, smooth_detections, smooth_tracks, track_faces
@@ -16,15 +17,6 @@ from codeformer_core.faces.detect import DetectOptions
 from codeformer_core.pipeline import RunOptions, detect_clip, restore_images
 
 FACE = Path(__file__).parent / "data" / "face_golden"
-POINTS = torch.tensor([[-20.0, -15.0], [20.0, -15.0], [0.0, 5.0], [-16.0, 25.0], [16.0, 25.0]])
-
-
-def clip(rows, num_frames):
-    """Detections from (frame, centre x, centre y) rows: a 5-point face and a 100-px box each."""
-    centres = torch.tensor([[x, y] for _, x, y in rows], dtype=torch.float32)
-    return Detections(boxes=torch.cat([centres - 50, centres + 50], 1), scores=torch.ones(len(rows)),
-                      landmarks=centres[:, None] + POINTS, frame_index=torch.tensor([f for f, _, _ in rows]),
-                      num_frames=num_frames, frame_size=(480, 640))
 
 
 def test_two_faces_keep_their_tracks_whatever_the_row_order():
