@@ -8,8 +8,10 @@ upsample-then-conv) measured in the same run, plus the largest output
 difference between the two; ``--onnx FILE`` (or ``--onnx export``: the synthetic weights exported
 first) adds ONNX Runtime on CPU for an exported file, run through ``models.onnx_face.OnnxFaceModel``
 at each batch size, and the CPU's model name is printed. ``--precise-logits-cost N`` instead
-times one face with ``CodeFormerOptions.precise_logits`` on and off, interleaved, N rounds each,
-in float32 and in the bf16 policy (CPU): the cost of the float64 logits path. Weights are the
+times one face with ``CodeFormerOptions.precise_logits`` on and off, interleaved, in float32 and
+in the bf16 policy (CPU): the pieces it runs in float64 against their float32 selves (25N times),
+the two parts it changes (``encode`` 4N times, ``predict_codes`` 20N times) and the whole
+forward (N times), best of each. Weights are the
 synthetic golden formula: speed does not depend on the values. The process keeps the default
 allocator policy, as inside ComfyUI; ``--cli-memory`` measures with the one the ``codeformer``
 command sets at its start instead.
@@ -25,7 +27,7 @@ from pathlib import Path
 import torch
 
 from ..models.checkpoint import save_safetensors
-from ..models.codeformer import CodeFormerOptions
+from ..models.codeformer import PRECISE_ENCODER_BLOCKS, PRECISE_TRANSFORMER_LAYERS, CodeFormerOptions
 from ..models.registry import architecture, contract
 from ..models.loader import load_model, resolve_device, resolve_dtype
 from .synthetic import synth_state_dict
@@ -297,29 +299,73 @@ def compile_forward(model, batch: int, device, backend: str = "inductor", quick:
     return dict(batch=batch, compile_s=compile_s, faces_s=batch / t, peak_mib=peak, max_diff=diff, repeats=n)
 
 
+def interleaved_best(fns: dict, repeats: int, device) -> dict:
+    """Best seconds of each of ``fns`` (name -> no-argument call), called in turn ``repeats`` times
+    so that machine load falls on all alike."""
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(t) for name, t in times.items()}
+
+
+def float64_pieces(model, x, repeats: int) -> dict:
+    """Best seconds of the pieces the float64 logits path runs in float64 (``PRECISE_ENCODER_BLOCKS``,
+    the token embedding and the first ``PRECISE_TRANSFORMER_LAYERS`` layers), one face, in the
+    model's own dtype and as float64 copies: {piece: (best float32, best float64)}. Short pieces
+    timed many times: the least noisy measure of the path's added arithmetic."""
+    import copy
+    pieces = {}
+    with torch.inference_mode():
+        h, inputs = x, {}
+        for i, dtype in enumerate(model.encoder_dtypes):
+            inputs[i] = h = h.to(dtype)
+            h = model.encoder.run(h, i, i + 1)
+        encoder64 = copy.deepcopy(model.encoder).double()
+        for i in sorted(PRECISE_ENCODER_BLOCKS):
+            h32, h64 = inputs[i].float(), inputs[i].double()
+            best = interleaved_best({32: lambda h=h32, i=i: model.encoder.run(h, i, i + 1),
+                                     64: lambda h=h64, i=i: encoder64.run(h, i, i + 1)}, repeats, x.device)
+            pieces[f"encoder block {i}"] = (best[32], best[64])
+        tokens = h.float().flatten(2).transpose(1, 2)
+        head = torch.nn.ModuleList([model.feat_emb, *model.ft_layers[:PRECISE_TRANSFORMER_LAYERS]])
+        head64 = copy.deepcopy(head).double()
+
+        def run(mods, t, pos):
+            t = mods[0](t)
+            for layer in mods[1:]:
+                t = layer(t, pos)
+            return t
+        pos32, pos64 = model.position_emb.unsqueeze(0), model.position_emb.unsqueeze(0).double()
+        best = interleaved_best({32: lambda: run(head, tokens, pos32), 64: lambda: run(head64, tokens.double(), pos64)},
+                                repeats, x.device)
+        pieces[f"embedding + {PRECISE_TRANSFORMER_LAYERS} layers"] = (best[32], best[64])
+    return pieces
+
+
 def precise_logits_cost(state_dict, device, dtypes, rounds: int, w: float = 0.5) -> list:
-    """Seconds per one-face forward with the float64 logits path off and on, interleaved (off, on,
-    off, on, ...) so machine load falls on both alike: [(dtype, best off, best on, median off,
-    median on)]."""
-    import statistics
+    """The float64 logits path's cost per one-face forward: the pieces it runs in float64
+    (``float64_pieces``), the two parts it changes (``encode``, ``predict_codes``) and the whole
+    forward, off against on, each timed interleaved. Returns [(dtype, {name: (best off, best on)})]."""
     x = (torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     rows = []
     for dtype in dtypes:
         models = {flag: build(state_dict, device, dtype, channels_last=False,
                               options=CodeFormerOptions(precise_logits=flag)) for flag in (False, True)}
-        times = {False: [], True: []}
+        best = {f"piece: {k}": v for k, v in float64_pieces(models[False], x, 25 * rounds).items()}
         with torch.inference_mode():
-            for model in models.values():      # warm-up (the float64 copy is made here)
-                model(x, w=w)
-            for _ in range(rounds):
-                for flag, model in models.items():
-                    t0 = time.perf_counter()
-                    model(x, w=w)
-                    sync(device)
-                    times[flag].append(time.perf_counter() - t0)
-        rows.append((str(dtype).replace("torch.", ""), min(times[False]), min(times[True]),
-                     statistics.median(times[False]), statistics.median(times[True])))
-        del models
+            feats = {flag: m.encode(x.to(m.conv_dtype), True)[0] for flag, m in models.items()}  # makes the copies
+            for part, fn, repeats in (("encode", lambda m, f: m.encode(x.to(m.conv_dtype), True), 4 * rounds),
+                                      ("predict_codes", lambda m, f: m.predict_codes(f), 20 * rounds),
+                                      ("forward", lambda m, f: m(x, w=w), rounds)):
+                t = interleaved_best({flag: (lambda m=m, f=feats[flag], fn=fn: fn(m, f)) for flag, m in models.items()},
+                                     repeats, device)
+                best[part] = (t[False], t[True])
+        rows.append((str(dtype).replace("torch.", ""), best))
+        del models, feats
     return rows
 
 
@@ -336,8 +382,8 @@ def main(argv=None):
                     "ONNX Runtime on CPU through OnnxFaceModel, at each batch size; 'export': export the synthetic "
                     "weights first (needs the onnx extra)")
     ap.add_argument("--precise-logits-cost", type=int, default=0, metavar="N",
-                    help="only time the float64 logits path: one face, on vs off interleaved, N rounds, "
-                         "float32 and bf16")
+                    help="only time the float64 logits path: one face, on vs off interleaved (the parts it "
+                         "changes and the whole forward), float32 and bf16")
     ap.add_argument("--cli-memory", action="store_true",
                     help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
@@ -359,10 +405,18 @@ def main(argv=None):
     if args.precise_logits_cost:
         print(f"float64 logits path, one face, {args.precise_logits_cost} interleaved rounds "
               f"(threads {torch.get_num_threads()})")
-        for name, b_off, b_on, m_off, m_on in precise_logits_cost(state_dict, device, (torch.float32, torch.bfloat16),
-                                                                  args.precise_logits_cost, args.w):
-            print(f"{name:9s} off {b_off:6.3f} s  on {b_on:6.3f} s  best +{(b_on / b_off - 1) * 100:5.1f} %   "
-                  f"median off {m_off:6.3f} s  on {m_on:6.3f} s  +{(m_on / m_off - 1) * 100:5.1f} %")
+        for name, best in precise_logits_cost(state_dict, device, (torch.float32, torch.bfloat16),
+                                              args.precise_logits_cost, args.w):
+            for part, (off, on) in best.items():
+                print(f"{name:9s} {part:32s} off {off * 1e3:8.1f} ms  on {on * 1e3:8.1f} ms  "
+                      f"+{(on - off) * 1e3:6.1f} ms")
+            forward_off, forward_on = best["forward"]
+            for what, prefix in (("pieces", "piece: "), ("parts", "")):
+                added = sum(on - off for part, (off, on) in best.items()
+                            if part.startswith(prefix) and part != "forward" and (prefix or ":" not in part))
+                print(f"{name:9s} cost from the {what}: +{added * 1e3:.1f} ms = {added / forward_off * 100:+.2f} % "
+                      f"of a forward ({forward_off:.3f} s)")
+            print(f"{name:9s} cost from the whole forward: {(forward_on / forward_off - 1) * 100:+.2f} %")
         return
     if not args.no_load_times:
         for name, seconds in load_times(state_dict):

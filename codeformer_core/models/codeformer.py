@@ -52,7 +52,7 @@ class CodeFormerOptions:
     baseline is an instance built with the first two off."""
     use_sdpa: bool = True              # fused scaled_dot_product_attention, else explicit softmax(q k^T) v
     fold_upsample: bool = True         # nearest-2x + 3x3 conv as four 2x2 convs (see Upsample)
-    precise_logits: bool = True        # CPU float32: encoder tail and transformer in float64 (see _Float64Path)
+    precise_logits: bool = True        # CPU float32: the blocks that carry the logits' margin in float64 (_Float64Path)
 
 
 VARIANTS: Dict[str, VariantConfig] = {
@@ -77,7 +77,11 @@ TRANSFORMER_LAYERS = 9
 # and index of the generator block after which the fusion is applied.
 ENCODER_TAPS = {256: 5, 128: 8, 64: 11, 32: 14}
 GENERATOR_FUSION_AFTER = {32: 9, 64: 12, 128: 15, 256: 18}
-PRECISE_ENCODER_FROM = 9  # first encoder block at 64x64 and below (float64 on CPU, see _Float64Path)
+# The float64 logits path on CPU (see _Float64Path): these encoder blocks, then the transformer's
+# token embedding and its first layers, run in float64. Chosen by measured error per millisecond
+# (docs/models.md): ~1 % of a CPU forward for most of the margin the whole tail in float64 gave.
+PRECISE_ENCODER_BLOCKS = frozenset({12, 15, 23, 24})
+PRECISE_TRANSFORMER_LAYERS = 2
 
 
 def _group_norm(channels: int) -> nn.GroupNorm:
@@ -297,37 +301,39 @@ def _version(t: Tensor) -> int:
 class _Float64Path:
     """Float64 copies of the weights that decide the code logits, made once per model.
 
-    On CPU float32 the encoder's low-resolution tail (blocks from ``PRECISE_ENCODER_FROM``, 64x64
-    and below, ~3 % of the FLOPs) and the transformer with its logits head run in float64: their
-    float32 rounding is what the transformer amplifies into the logits (docs/models.md has the
-    measured margins). The copies are made at the first forward that uses them and kept; they are
-    made again only if a weight they copy changes (another tensor, an in-place edit, dtype, device).
+    On CPU float32 the encoder blocks ``PRECISE_ENCODER_BLOCKS`` (the cheap ones at 32x32 and
+    16x16 whose rounding reaches the logits most per millisecond), the token embedding and the
+    first ``PRECISE_TRANSFORMER_LAYERS`` transformer layers run in float64: the transformer
+    amplifies the float32 rounding of its input into the logits, and its first layers carry most
+    of that (docs/models.md has the measured margins and costs). The copies are made at the first
+    forward that uses them and kept; they are made again only if a weight they copy changes
+    (another tensor, an in-place edit, dtype, device).
     """
 
     def __init__(self):
         self.key = None
         self.blocks: Dict[int, Dict[str, Tensor]] = {}
-        self.layers: list = []                             # per transformer layer
-        self.modules: Dict[str, Dict[str, Tensor]] = {}    # feat_emb, idx_pred_layer
+        self.feat_emb: Dict[str, Tensor] = {}
+        self.layers: list = []                             # per leading transformer layer
         self.position_emb: Optional[Tensor] = None
 
     @staticmethod
     def _sources(model: "CodeFormer"):
-        blocks = {i: model.encoder.blocks[i] for i in range(PRECISE_ENCODER_FROM, len(model.encoder.blocks))}
-        modules = {name: getattr(model, name) for name in ("feat_emb", "ft_layers", "idx_pred_layer")}
-        return blocks, modules
+        blocks = {i: model.encoder.blocks[i] for i in sorted(PRECISE_ENCODER_BLOCKS)}
+        layers = list(model.ft_layers[:PRECISE_TRANSFORMER_LAYERS])
+        return blocks, [model.feat_emb] + layers
 
     def get(self, model: "CodeFormer") -> "_Float64Path":
         blocks, modules = self._sources(model)
-        tensors = [t for m in list(blocks.values()) + list(modules.values()) for t in m.parameters()]
+        tensors = [t for m in list(blocks.values()) + modules for t in m.parameters()]
         tensors.append(model.position_emb)
         key = tuple((t.data_ptr(), _version(t), t.dtype, t.device) for t in tensors)
         if key != self.key:
             with torch.no_grad():
                 copy = lambda m: {k: v.detach().double() for k, v in m.named_parameters()}  # noqa: E731
                 self.blocks = {i: copy(b) for i, b in blocks.items()}
-                self.layers = [copy(layer) for layer in model.ft_layers]
-                self.modules = {name: copy(modules[name]) for name in ("feat_emb", "idx_pred_layer")}
+                self.feat_emb = copy(model.feat_emb)
+                self.layers = [copy(layer) for layer in modules[1:]]
                 self.position_emb = model.position_emb.detach().double()
             self.key = key
         return self
@@ -483,19 +489,20 @@ class CodeFormer(nn.Module):
         dtypes = self.encoder_dtypes
         precise = self._float64_path(x.device)
         changes = {i for i in range(1, len(dtypes)) if dtypes[i] != dtypes[i - 1]}  # mixed-precision bounds
-        bounds = sorted({i + 1 for i in tap_at} | changes | ({PRECISE_ENCODER_FROM} if precise else set()))
+        in_float64 = PRECISE_ENCODER_BLOCKS if precise is not None else frozenset()
+        bounds = sorted({i + 1 for i in tap_at} | changes | in_float64 | {i + 1 for i in in_float64})
         taps: Dict[int, Tensor] = {}
         h = x.contiguous(memory_format=self.memory_format)
         start = 0
-        for stop in bounds + [len(self.encoder.blocks)]:
-            if precise is not None and start >= PRECISE_ENCODER_FROM:
+        for stop in [b for b in bounds if 0 < b < len(self.encoder.blocks)] + [len(self.encoder.blocks)]:
+            if start in in_float64:     # one block per segment (its bounds are i and i + 1)
                 h = self.encoder.run(h.double().contiguous(), start, stop, precise.blocks)
             else:
                 h = self.encoder.run(h.to(dtypes[start]), start, stop)
             if stop - 1 in tap_at:
                 taps[tap_at[stop - 1]] = h.to(self.conv_dtype).contiguous(memory_format=self.memory_format)
             start = stop
-        return (h if precise is not None else h.to(self.feat_emb.weight.dtype)).contiguous(), taps
+        return h.to(torch.float64 if precise is not None else self.feat_emb.weight.dtype).contiguous(), taps
 
     def _float64_path(self, device: torch.device) -> Optional[_Float64Path]:
         """The float64 copies when this call takes the float64 logits path: ``precise_logits``,
@@ -505,7 +512,7 @@ class CodeFormer(nn.Module):
                 or torch.onnx.is_in_onnx_export()):
             return None
         if (self.feat_emb.weight.dtype != torch.float32
-                or any(d != torch.float32 for d in self.encoder_dtypes[PRECISE_ENCODER_FROM:])):
+                or any(self.encoder_dtypes[i] != torch.float32 for i in PRECISE_ENCODER_BLOCKS)):
             return None
         path = self.__dict__.get("_float64")
         if path is None:
@@ -513,23 +520,25 @@ class CodeFormer(nn.Module):
         return path.get(self)
 
     def predict_codes(self, lq_feat: Tensor) -> Tuple[Tensor, Tensor]:
-        """Code logits (float32) and indices (their argmax, taken before rounding to float32)."""
+        """Code logits and indices (their argmax). On the float64 path the token embedding and the
+        first layers run with their float64 copies, the rest in float32."""
         precise = self._float64_path(lq_feat.device)
         tokens = lq_feat.flatten(2).transpose(1, 2)
+        layers = list(self.ft_layers)
         if precise is None:
             t = self.feat_emb(tokens)
-            pos = self.position_emb.unsqueeze(0)
-            for layer in self.ft_layers:
-                t = layer(t, pos)
-            logits = self.idx_pred_layer(t)
-            return logits, logits.argmax(dim=-1)
-        call = torch.func.functional_call
-        t = call(self.feat_emb, precise.modules["feat_emb"], (tokens.double(),))
-        pos = precise.position_emb.unsqueeze(0)
-        for layer, params in zip(self.ft_layers, precise.layers):
-            t = call(layer, params, (t, pos))
-        logits = call(self.idx_pred_layer, precise.modules["idx_pred_layer"], (t,))
-        return logits.float(), logits.argmax(dim=-1)
+        else:
+            call = torch.func.functional_call
+            t = call(self.feat_emb, precise.feat_emb, (tokens.double(),))
+            pos64 = precise.position_emb.unsqueeze(0)
+            for layer, params in zip(layers, precise.layers):
+                t = call(layer, params, (t, pos64))
+            t, layers = t.float(), layers[len(precise.layers):]
+        pos = self.position_emb.unsqueeze(0)
+        for layer in layers:
+            t = layer(t, pos)
+        logits = self.idx_pred_layer(t)
+        return logits, logits.argmax(dim=-1)
 
     def lookup(self, idx: Tensor, lq_feat: Tensor, adain: bool) -> Tensor:
         b = idx.shape[0]
