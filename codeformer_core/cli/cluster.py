@@ -26,6 +26,7 @@ need it: importing the command line or the ComfyUI nodes never imports ray.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -352,25 +353,28 @@ def run_cluster(args, task: str) -> int:
             weight_paths(settings.models, task, settings.has_aligned, out)
             ray = _import_ray(local=not args.ray_address)
             started = _connect(ray, args)
-            for row in _results(ray, args, task, todo, out):
-                if row["fatal"]:
-                    raise UserError(f"a worker could not load the networks: {row['fatal']}")
-                src, dest, kind = left.pop(row["input"])
-                ok = row["status"] == "ok"
-                manifest.write(src, dest, kind, row["status"], row["error"], faces=row["faces"],
-                               frames=row["frames"], no_face=row["no_face"], seconds=row["seconds"])
-                if ok:
-                    stats.ok += 1
-                    stats.frames += row["frames"]
-                    stats.faces += row["faces"]
-                    stats.no_face += row["no_face"]
-                    out.result(row["line"])
-                else:
-                    stats.failed += 1
-                    out.warn(f"{src.name}: failed: {row['error']}")
-                bar.update(1)
-                dt = time.perf_counter() - stats.start
-                bar.set_postfix_str(f"{stats.faces / dt:.2f} faces/s", refresh=False)
+            # closed on any way out (Ctrl-C in this loop included): Ray Data then stops its executor and
+            # its actors at once, not when the suspended generator is collected after ray.shutdown()
+            with contextlib.closing(_results(ray, args, task, todo, out)) as results:
+                for row in results:
+                    if row["fatal"]:
+                        raise UserError(f"a worker could not load the networks: {row['fatal']}")
+                    src, dest, kind = left.pop(row["input"])
+                    ok = row["status"] == "ok"
+                    manifest.write(src, dest, kind, row["status"], row["error"], faces=row["faces"],
+                                   frames=row["frames"], no_face=row["no_face"], seconds=row["seconds"])
+                    if ok:
+                        stats.ok += 1
+                        stats.frames += row["frames"]
+                        stats.faces += row["faces"]
+                        stats.no_face += row["no_face"]
+                        out.result(row["line"])
+                    else:
+                        stats.failed += 1
+                        out.warn(f"{src.name}: failed: {row['error']}")
+                    bar.update(1)
+                    dt = time.perf_counter() - stats.start
+                    bar.set_postfix_str(f"{stats.faces / dt:.2f} faces/s", refresh=False)
             for src, dest, kind in left.values():  # dropped by Ray Data after --retries deaths
                 stats.failed += 1
                 why = (f"the worker processing it died {args.retries + 1} times (a crash or an out-of-memory "
