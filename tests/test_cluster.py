@@ -266,6 +266,13 @@ def test_worker_that_cannot_load_is_one_error_line(ray_cluster, models_dir, tmp_
     assert "a worker could not load the networks" in err and "bad.pth" in err and "Traceback" not in err
 
 
+# `python -m codeformer_core` as a terminal starts it: SIGINT raises KeyboardInterrupt. A process
+# started in the background by a non-interactive shell (as CI runners may start pytest) ignores
+# SIGINT, and its children inherit that, so the driver would never see the test's Ctrl-C.
+AS_IN_A_TERMINAL = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+                    "sys.argv[0] = 'codeformer'; runpy.run_module('codeformer_core', run_name='__main__')")
+
+
 def test_ctrl_c_keeps_the_manifest_and_skip_existing_resumes(ray_cluster, models_dir, tmp_path):
     """A driver in a subprocess joins the module's cluster (--ray-address); file c.png is held in
     its worker; after the other two are in the manifest the driver gets SIGINT."""
@@ -280,7 +287,7 @@ def test_ctrl_c_keeps_the_manifest_and_skip_existing_resumes(ray_cluster, models
     hold = hooks / "hold.c.png"
     hold.touch()
     try:
-        p = subprocess.Popen([sys.executable, "-m", "codeformer_core", *argv, "--ray-address", address], cwd=ROOT,
+        p = subprocess.Popen([sys.executable, "-c", AS_IN_A_TERMINAL, *argv, "--ray-address", address], cwd=ROOT,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         t0 = time.monotonic()
         while not (manifest.exists() and len(manifest.read_text().splitlines()) >= 2):

@@ -16,7 +16,6 @@ are reported as one line without a traceback; anything else says to rerun with `
 """
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -47,13 +46,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(args.func(args))
     except KeyboardInterrupt:
         print("codeformer: interrupted", file=sys.stderr)
-        if argv is None:
-            # This process is the command and everything it keeps is written and closed (the
-            # cleanup ran on the way here): end now, not after threads a library left running
-            # (Ray Data's executor) that the interpreter would wait for at exit.
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(EXIT_INTERRUPTED)
         return EXIT_INTERRUPTED
     except Exception as e:
         if debug:

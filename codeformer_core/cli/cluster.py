@@ -354,7 +354,7 @@ def run_cluster(args, task: str) -> int:
             ray = _import_ray(local=not args.ray_address)
             started = _connect(ray, args)
             # closed on any way out (Ctrl-C in this loop included): Ray Data then stops its executor and
-            # its actors at once, not when the suspended generator is collected after ray.shutdown()
+            # its actors at once, not when the suspended generator is garbage-collected
             with contextlib.closing(_results(ray, args, task, todo, out)) as results:
                 for row in results:
                     if row["fatal"]:
