@@ -349,13 +349,14 @@ def float64_pieces(model, x, repeats: int) -> dict:
 def precise_logits_cost(state_dict, device, dtypes, rounds: int, w: float = 0.5) -> list:
     """The float64 logits path's cost per one-face forward: the pieces it runs in float64
     (``float64_pieces``), the two parts it changes (``encode``, ``predict_codes``) and the whole
-    forward, off against on, each timed interleaved. Returns [(dtype, {name: (best off, best on)})]."""
+    forward, off against on, each timed interleaved. Returns [(dtype, pieces, parts)], each a
+    {name: (best off, best on)}; parts has "encode", "predict_codes" and "forward"."""
     x = (torch.rand(1, 3, 512, 512, generator=torch.Generator().manual_seed(1)) * 2 - 1).to(device)
     rows = []
     for dtype in dtypes:
         models = {flag: build(state_dict, device, dtype, channels_last=False,
                               options=CodeFormerOptions(precise_logits=flag)) for flag in (False, True)}
-        best = {f"piece: {k}": v for k, v in float64_pieces(models[False], x, 25 * rounds).items()}
+        pieces, parts = float64_pieces(models[False], x, 25 * rounds), {}
         with torch.inference_mode():
             feats = {flag: m.encode(x.to(m.conv_dtype), True)[0] for flag, m in models.items()}  # makes the copies
             for part, fn, repeats in (("encode", lambda m, f: m.encode(x.to(m.conv_dtype), True), 4 * rounds),
@@ -363,8 +364,8 @@ def precise_logits_cost(state_dict, device, dtypes, rounds: int, w: float = 0.5)
                                       ("forward", lambda m, f: m(x, w=w), rounds)):
                 t = interleaved_best({flag: (lambda m=m, f=feats[flag], fn=fn: fn(m, f)) for flag, m in models.items()},
                                      repeats, device)
-                best[part] = (t[False], t[True])
-        rows.append((str(dtype).replace("torch.", ""), best))
+                parts[part] = (t[False], t[True])
+        rows.append((str(dtype).replace("torch.", ""), pieces, parts))
         del models, feats
     return rows
 
@@ -382,8 +383,8 @@ def main(argv=None):
                     "ONNX Runtime on CPU through OnnxFaceModel, at each batch size; 'export': export the synthetic "
                     "weights first (needs the onnx extra)")
     ap.add_argument("--precise-logits-cost", type=int, default=0, metavar="N",
-                    help="only time the float64 logits path: one face, on vs off interleaved (the parts it "
-                         "changes and the whole forward), float32 and bf16")
+                    help="only time the float64 logits path: one face, its float64 pieces against float32, "
+                         "and on vs off interleaved (the parts it changes, the whole forward), float32 and bf16")
     ap.add_argument("--cli-memory", action="store_true",
                     help="first set the command line's allocator policy (cli/memory.py), as `codeformer` does")
     args = ap.parse_args(argv)
@@ -405,15 +406,15 @@ def main(argv=None):
     if args.precise_logits_cost:
         print(f"float64 logits path, one face, {args.precise_logits_cost} interleaved rounds "
               f"(threads {torch.get_num_threads()})")
-        for name, best in precise_logits_cost(state_dict, device, (torch.float32, torch.bfloat16),
-                                              args.precise_logits_cost, args.w):
-            for part, (off, on) in best.items():
+        for name, pieces, parts in precise_logits_cost(state_dict, device, (torch.float32, torch.bfloat16),
+                                                       args.precise_logits_cost, args.w):
+            for part, (off, on) in [*((f"piece: {k}", v) for k, v in pieces.items()), *parts.items()]:
                 print(f"{name:9s} {part:32s} off {off * 1e3:8.1f} ms  on {on * 1e3:8.1f} ms  "
                       f"+{(on - off) * 1e3:6.1f} ms")
-            forward_off, forward_on = best["forward"]
-            for what, prefix in (("pieces", "piece: "), ("parts", "")):
-                added = sum(on - off for part, (off, on) in best.items()
-                            if part.startswith(prefix) and part != "forward" and (prefix or ":" not in part))
+            forward_off, forward_on = parts["forward"]
+            changed = {k: v for k, v in parts.items() if k != "forward"}
+            for what, times in (("pieces", pieces), ("parts", changed)):
+                added = sum(on - off for off, on in times.values())
                 print(f"{name:9s} cost from the {what}: +{added * 1e3:.1f} ms = {added / forward_off * 100:+.2f} % "
                       f"of a forward ({forward_off:.3f} s)")
             print(f"{name:9s} cost from the whole forward: {(forward_on / forward_off - 1) * 100:+.2f} %")

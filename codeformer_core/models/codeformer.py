@@ -320,8 +320,7 @@ class _Float64Path:
     @staticmethod
     def _sources(model: "CodeFormer"):
         blocks = {i: model.encoder.blocks[i] for i in sorted(PRECISE_ENCODER_BLOCKS)}
-        layers = list(model.ft_layers[:PRECISE_TRANSFORMER_LAYERS])
-        return blocks, [model.feat_emb] + layers
+        return blocks, [model.feat_emb, *model.ft_layers[:PRECISE_TRANSFORMER_LAYERS]]
 
     def get(self, model: "CodeFormer") -> "_Float64Path":
         blocks, modules = self._sources(model)
@@ -332,8 +331,7 @@ class _Float64Path:
             with torch.no_grad():
                 copy = lambda m: {k: v.detach().double() for k, v in m.named_parameters()}  # noqa: E731
                 self.blocks = {i: copy(b) for i, b in blocks.items()}
-                self.feat_emb = copy(model.feat_emb)
-                self.layers = [copy(layer) for layer in modules[1:]]
+                self.feat_emb, *self.layers = [copy(m) for m in modules]
                 self.position_emb = model.position_emb.detach().double()
             self.key = key
         return self
